@@ -1,0 +1,27 @@
+# Targets named in the README. VENV defaults to .venv; CI builds its own from nothing.
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+# The CPU build of torch, pinned so that a fresh install is quick.
+TORCH_PIN ?= torch==2.13.0
+TEST_PINS ?= triton==3.8.0
+
+.PHONY: install demo test bench clean
+
+$(PYTHON):
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+
+install: $(PYTHON)
+	$(PYTHON) -m pip install --quiet "$(TORCH_PIN)" "$(TEST_PINS)" -e ".[test,demo]"
+
+demo: install
+	$(PYTHON) examples/train.py
+
+test: install
+	$(PYTHON) -m pytest -q
+
+bench: install
+	$(PYTHON) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis .benchmarks
