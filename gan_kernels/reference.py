@@ -1,0 +1,93 @@
+"""The reference implementation of GAN (SPEC §1): a plain loop over tensors.
+
+Readable first: it is the oracle that every fast path is tested against. It evaluates the table of
+SPEC §1.1 literally, one tensor at a time, and may compute everything in float64 on request.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from .rule import autoscale
+from .state import GANState, GANStats
+from .validation import accumulate_dtype, check_grads, check_mode, check_state, stats_dtype
+
+ZNORM_EPS = 1e-12
+
+
+@torch.no_grad()
+def gan_(
+    grads: Sequence[Tensor],
+    state: GANState | None = None,
+    *,
+    mode: str = "gan",
+    compute_dtype: torch.dtype | None = None,
+) -> GANStats:
+    """Transform ``grads`` in place by GAN and return the step's :class:`GANStats`.
+
+    Args:
+        grads: k floating-point tensors of any shapes, dtypes and strides, on one device. Each is
+            overwritten with ``alpha * (g - mean(g))`` (mode ``gan``), ``g - mean(g)`` (``gc``) or
+            ``(g - mean(g)) / (std(g) + 1e-12)`` (``znorm``), rounded once into its own dtype.
+            Nothing is written when any element is NaN/Inf.
+        state: the :class:`GANState` to read and update (``exponent`` set once, ``step`` counted);
+            ``None`` uses a fresh state.
+        mode: ``"gan"``, ``"gc"`` or ``"znorm"``.
+        compute_dtype: the dtype of every statistic and of the arithmetic on elements; ``None`` means
+            float32 (float64 for float64 tensors). ``torch.float64`` gives the exact evaluation that
+            the tolerances of SPEC §1.1 are measured against.
+
+    Returns:
+        :class:`GANStats` on the gradients' device.
+    """
+    grads = check_grads(grads)
+    mode = check_mode(mode)
+    state = check_state(state)
+    device = grads[0].device if grads else state.device
+    state.to_(device)
+    out_dtype = compute_dtype or stats_dtype(grads)
+
+    means, stds, m2s, count = [], [], [], 0
+    for g in grads:
+        x = g.to(compute_dtype or accumulate_dtype(g.dtype))
+        n = x.numel()
+        mean = x.sum() / n if n > 0 else x.new_zeros(())
+        m2 = ((x - mean) ** 2).sum()
+        std = torch.sqrt(m2 / (n - 1)) if n > 1 else x.new_zeros(())
+        means.append(mean.to(out_dtype))
+        stds.append(std.to(out_dtype))
+        m2s.append(m2.to(out_dtype))
+        count += n
+
+    total_m2 = torch.stack(m2s).sum() if m2s else torch.zeros((), dtype=out_dtype, device=device)
+    sigma = torch.sqrt(total_m2 / (count - 1)) if count > 1 else torch.zeros_like(total_m2)
+    nonfinite = not math.isfinite(sigma.item()) or not all(math.isfinite(m.item()) for m in means)
+
+    alpha, exponent = autoscale(sigma, state.exponent)
+    if not nonfinite:
+        state.exponent.copy_(exponent)
+        state.step.add_(1)
+        for g, mean, std in zip(grads, means, stds):
+            x = g.to(compute_dtype or accumulate_dtype(g.dtype))
+            if mode == "gan":
+                y = (x - mean) * alpha
+            elif mode == "gc":
+                y = x - mean
+            else:
+                y = (x - mean) / (std + ZNORM_EPS)
+            g.copy_(y)
+    if mode != "gan":
+        alpha = torch.ones_like(alpha)
+
+    empty = torch.zeros(0, dtype=out_dtype, device=device)
+    return GANStats(
+        alpha=alpha,
+        global_std=sigma,
+        means=torch.stack(means) if means else empty,
+        stds=torch.stack(stds) if stds else empty,
+        nonfinite=torch.tensor(nonfinite, device=device),
+    )
