@@ -1,0 +1,212 @@
+"""The multi-tensor PyTorch fallback: GAN on any device, with batched ops and no device sync.
+
+Statistics (per-tensor count, mean, M2 about the mean) take one read of every gradient from main
+memory, with two-pass numerics:
+
+* small tensors (up to ``STACK_MAX`` elements) of equal size are stacked into one matrix, so each
+  size class costs a handful of row-wise reductions however many tensors it holds;
+* larger tensors are cut into tiles of ``TILE`` elements, small enough to stay in cache between
+  the tile's sum and its squared deviations; tiles are combined with Chan's formula.
+
+The apply computes ``(g - shift) * scale`` in place, rounded once into each tensor's dtype (float16
+and bfloat16 through float32). On the CPU, where reading a scalar on the host costs nothing, each
+tensor takes one fused pass; on an accelerator the factors stay on the device and
+``torch._foreach_*`` ops cover the whole list, with shift 0 and scale 1 on a non-finite step so
+that every element stays bit-for-bit as it was without a host-side branch.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from torch import Tensor
+
+from .rule import autoscale
+from .state import GANState, GANStats
+from .validation import accumulate_dtype
+
+STACK_MAX = 1 << 16
+# 2**18 float32 elements (1 MiB) stay in a core's L2 between a tile's two passes.
+TILE = 1 << 18
+ZNORM_EPS = 1e-12
+
+
+def _segment_sum(values: Tensor, lengths: Tensor) -> Tensor:
+    return torch.segment_reduce(values, "sum", lengths=lengths, unsafe=True)
+
+
+def _stacked_stats(rows: list[Tensor], acc: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Means and M2 of equally sized 1-D tensors, stacked as the rows of one matrix."""
+    matrix = torch.stack(rows).to(acc)
+    mean = matrix.sum(dim=1) / matrix.shape[1]
+    matrix.sub_(mean[:, None])
+    return mean, matrix.square_().sum(dim=1)
+
+
+def _tiled_stats(flats: list[Tensor], acc: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Means and M2 of large 1-D tensors, each tile two-pass in cache, tiles combined by Chan."""
+    device = flats[0].device
+    scratch = torch.empty(min(TILE, max(f.numel() for f in flats)), dtype=acc, device=device)
+    tile_means, tile_m2, tile_counts, tiles_per_tensor = [], [], [], []
+    for flat in flats:
+        for start in range(0, flat.numel(), TILE):
+            tile = flat[start : start + TILE]
+            count = tile.numel()
+            deviation = scratch[:count]
+            if tile.dtype == acc:
+                mean = tile.mean()
+                torch.sub(tile, mean, out=deviation)
+            else:
+                mean = deviation.copy_(tile).mean()
+                deviation.sub_(mean)
+            tile_means.append(mean)
+            tile_m2.append(torch.dot(deviation, deviation))
+            tile_counts.append(count)
+        tiles_per_tensor.append(len(tile_counts) - sum(tiles_per_tensor))
+    means_t = torch.stack(tile_means)
+    counts_t = torch.tensor(tile_counts, dtype=acc, device=device)
+    lengths = torch.tensor(tiles_per_tensor, device=device)
+    counts = torch.tensor([f.numel() for f in flats], dtype=acc, device=device)
+    mean = _segment_sum(counts_t * means_t, lengths) / counts
+    spread = means_t - mean.repeat_interleave(lengths, output_size=len(tile_means))
+    m2 = _segment_sum(torch.stack(tile_m2), lengths) + _segment_sum(counts_t * spread**2, lengths)
+    return mean, m2
+
+
+def tensor_stats(tensors: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Per-tensor mean and M2 (sum of squared deviations about the mean) of one dtype group.
+
+    Args:
+        tensors: k tensors of one floating dtype on one device, any shapes and strides.
+
+    Returns:
+        ``(means, m2)``, each of shape (k,) in the accumulation dtype (float32, or float64 for
+        float64 tensors); 0 and 0 for a zero-size tensor. Reads only.
+    """
+    acc = accumulate_dtype(tensors[0].dtype)
+    device = tensors[0].device
+    by_size: dict[int, list[int]] = defaultdict(list)
+    for i, t in enumerate(tensors):
+        by_size[t.numel() if t.numel() <= STACK_MAX else -1].append(i)
+    order, means, m2 = [], [], []
+    for size, indices in by_size.items():
+        flats = [tensors[i].reshape(-1) for i in indices]
+        if size == 0:
+            mean = torch.zeros(len(indices), dtype=acc, device=device)
+            piece = (mean, mean)
+        elif size > 0:
+            piece = _stacked_stats(flats, acc)
+        else:
+            piece = _tiled_stats(flats, acc)
+        order += indices
+        means.append(piece[0])
+        m2.append(piece[1])
+    position = torch.tensor(sorted(range(len(order)), key=order.__getitem__), device=device)
+    return torch.cat(means)[position], torch.cat(m2)[position]
+
+
+def finalize(
+    counts: list[int], means: Tensor, m2: Tensor, state: GANState, mode: str
+) -> tuple[GANStats, Tensor, Tensor]:
+    """Turn per-tensor statistics into the step's stats and update ``state``.
+
+    Args:
+        counts: the k tensors' sizes.
+        means, m2: shape (k,), one floating dtype: per-tensor means and sums of squared deviations.
+        state: ``exponent`` and ``step`` are updated in place, unless the step is non-finite.
+        mode: ``"gan"``, ``"gc"`` or ``"znorm"``.
+
+    Returns:
+        ``(stats, shift, scale)``: the apply computes ``(g_i - shift[i]) * scale[i]``, both (k,).
+        On a non-finite step shift is 0 and scale 1, which leaves every element as it was.
+    """
+    total = sum(counts)
+    n = torch.tensor(counts, dtype=means.dtype, device=means.device)
+    sigma = torch.sqrt(m2.sum() / (total - 1)) if total > 1 else means.new_zeros(())
+    stds = torch.where(n > 1, torch.sqrt(m2 / (n - 1).clamp(min=1)), 0.0)
+    nonfinite = ~(torch.isfinite(sigma) & torch.isfinite(means).all())
+    alpha, exponent = autoscale(sigma, state.exponent)
+    state.exponent.copy_(torch.where(nonfinite, state.exponent, exponent))
+    state.step.add_((~nonfinite).to(state.step.dtype))
+
+    if mode == "gan":
+        scale = alpha.expand(len(counts))
+    elif mode == "znorm":
+        scale = 1.0 / (stds + ZNORM_EPS)
+    else:
+        scale = torch.ones_like(means)
+    if mode != "gan":
+        alpha = torch.ones_like(alpha)
+    shift = torch.where(nonfinite, 0.0, means)
+    scale = torch.where(nonfinite, 1.0, scale)
+    stats = GANStats(alpha=alpha, global_std=sigma, means=means, stds=stds, nonfinite=nonfinite)
+    return stats, shift, scale
+
+
+def apply_device_(tensors: list[Tensor], shift: Tensor, scale: Tensor, mode: str) -> None:
+    """In place, ``g_i = (g_i - shift[i]) * scale[i]`` with the factors left on the device.
+
+    For accelerators, where reading a factor on the host would synchronise: ``torch._foreach_*``
+    ops over the list, two passes. float16/bfloat16 are computed in float32 and rounded once.
+    ``tensors`` share one dtype; ``shift`` and ``scale`` have shape (len(tensors),).
+    """
+    reduced = accumulate_dtype(tensors[0].dtype) != tensors[0].dtype
+    work = [t.float() for t in tensors] if reduced else tensors
+    torch._foreach_sub_(work, list(shift.unbind()))
+    if mode != "gc":
+        torch._foreach_mul_(work, list(scale.unbind()))
+    if reduced:
+        torch._foreach_copy_(tensors, work)
+
+
+def apply_host_(tensors: list[Tensor], shift: Tensor, scale: Tensor, mode: str) -> None:
+    """In place, ``g_i = scale[i] * g_i - scale[i] * shift[i]``, one fused pass per tensor.
+
+    For CPU tensors, where the factors can be read on the host for free: one ``torch.add`` with a
+    scalar ``alpha`` per tensor (float16/bfloat16 through a float32 scratch tile, rounded once).
+    ``tensors`` share one dtype; ``shift`` and ``scale`` have shape (len(tensors),). ``mode`` is
+    unused: the factors already carry it.
+    """
+    acc = accumulate_dtype(tensors[0].dtype)
+    scratch = None
+    for t, m, a in zip(tensors, shift.tolist(), scale.tolist()):
+        if t.numel() == 1:
+            # g - mean is exactly 0 here, but scale * g - scale * mean need not cancel exactly.
+            a = m = 0.0
+        offset = torch.tensor(-m * a, dtype=acc)
+        if t.dtype == acc:
+            torch.add(offset, t, alpha=a, out=t)
+            continue
+        if scratch is None:
+            scratch = torch.empty(min(TILE, max(x.numel() for x in tensors)), dtype=acc)
+        flat = t.view(-1) if t.is_contiguous() else None
+        if flat is None:
+            t.copy_(torch.add(offset, t.to(acc), alpha=a))
+            continue
+        for start in range(0, flat.numel(), TILE):
+            tile = flat[start : start + TILE]
+            work = scratch[: tile.numel()]
+            torch.add(offset, work.copy_(tile), alpha=a, out=work)
+            tile.copy_(work)
+
+
+def gan_(grads: list[Tensor], groups: dict[torch.dtype, list[int]], state: GANState, mode: str) -> GANStats:
+    """One GAN step over validated ``grads`` grouped by dtype (``groups``: dtype -> indices)."""
+    device = state.device
+    stat_dtype = torch.float64 if torch.float64 in groups else torch.float32
+    index = {dtype: torch.tensor(indices, device=device) for dtype, indices in groups.items()}
+    means = torch.zeros(len(grads), dtype=stat_dtype, device=device)
+    m2 = torch.zeros_like(means)
+    for dtype, indices in groups.items():
+        group_means, group_m2 = tensor_stats([grads[i] for i in indices])
+        means.index_copy_(0, index[dtype], group_means.to(stat_dtype))
+        m2.index_copy_(0, index[dtype], group_m2.to(stat_dtype))
+    stats, shift, scale = finalize([g.numel() for g in grads], means, m2, state, mode)
+    on_host = device.type == "cpu"
+    if on_host and stats.nonfinite.item():
+        return stats
+    apply_ = apply_host_ if on_host else apply_device_
+    for dtype, indices in groups.items():
+        apply_([grads[i] for i in indices], shift[index[dtype]], scale[index[dtype]], mode)
+    return stats

@@ -1,0 +1,184 @@
+"""``gan_`` (the torch fallback) against the reference and the float64 evaluation (SPEC §1–§3)."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gan_kernels import GANState, fallback, gan_, reference
+from tests.helpers import (
+    assert_outputs_close,
+    assert_stats_close,
+    clone_all,
+    exact_evaluation,
+    random_grads,
+)
+
+MODES = ["gan", "gc", "znorm"]
+FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+
+
+@pytest.fixture(params=["host", "device"])
+def apply_path(request, monkeypatch):
+    """Run the fallback with its CPU apply, or with the accelerator apply forced onto the CPU."""
+    if request.param == "device":
+        monkeypatch.setattr(fallback, "apply_host_", fallback.apply_device_)
+    return request.param
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """The raw bit patterns of a floating tensor, so that -0.0 and NaN payloads compare exactly."""
+    return t.contiguous().view({8: torch.int64, 4: torch.int32, 2: torch.int16}[t.element_size()])
+
+
+def check_against_exact(grads, mode="gan", steps=1):
+    """Run ``steps`` steps of gan_ and of the float64 evaluation from the same inputs and compare."""
+    state, exact_state = GANState(), GANState()
+    for _ in range(steps):
+        inputs = clone_all(grads)
+        expected, expected_stats = exact_evaluation(grads, exact_state, mode)
+        stats = gan_(grads, state, mode=mode, backend="torch")
+        assert_stats_close(stats, expected_stats, inputs)
+        assert_outputs_close(grads, expected, inputs)
+        assert state.step.item() == exact_state.step.item()
+        torch.testing.assert_close(state.exponent, exact_state.exponent, rtol=1e-6, atol=0, equal_nan=True)
+        grads = [g.clone() for g in inputs]
+
+
+@st.composite
+def gradient_lists(draw):
+    count = draw(st.integers(0, 6))
+    grads = []
+    for _ in range(count):
+        shape = tuple(draw(st.lists(st.integers(0, 9), min_size=1, max_size=4)))
+        dtype = draw(st.sampled_from(FLOAT_DTYPES))
+        scale = 10.0 ** draw(st.integers(-5, 2))
+        offset = scale * draw(st.sampled_from([0.0, 0.5, -3.0, 10.0]))
+        seed = draw(st.integers(0, 2**16))
+        g = random_grads([shape], [dtype], seed=seed, scale=scale, offset=offset)[0]
+        if draw(st.booleans()) and g.ndim >= 2:
+            g = g.transpose(0, -1)
+        grads.append(g)
+    return grads
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(grads=gradient_lists(), mode=st.sampled_from(MODES))
+def test_random_lists_match_exact_evaluation(grads, mode):
+    check_against_exact(grads, mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_sizes_at_stack_and_tile_boundaries(dtype, mode, apply_path):
+    sizes = [1, 2, fallback.STACK_MAX - 1, fallback.STACK_MAX, fallback.STACK_MAX + 1]
+    sizes += [fallback.TILE - 1, fallback.TILE, 2 * fallback.TILE + 3]
+    grads = random_grads([(n,) for n in sizes], [dtype] * len(sizes), seed=1, scale=1e-3, offset=2e-4)
+    check_against_exact(grads, mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_many_small_mixed_tensors(mode, apply_path):
+    shapes = [(16, 16, 3, 3), (32, 16, 3, 3), (10, 64), (64,), (3, 3)] * 40
+    dtypes = [torch.float32, torch.bfloat16, torch.float16, torch.float32, torch.float64] * 40
+    grads = random_grads(shapes, dtypes, seed=2, scale=1e-2)
+    check_against_exact(grads, mode)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_multi_step_state(dtype, apply_path):
+    grads = random_grads([(300, 7), (5000,), (70000,)], [dtype] * 3, seed=3, scale=1e-4)
+    check_against_exact(grads, "gan", steps=4)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("size", [1000, fallback.TILE * 2 + 17])
+def test_large_common_offset(dtype, size, apply_path):
+    """A one-pass E[x^2] - E[x]^2 loses everything here; two-pass numerics must not."""
+    offset = 1e3 if dtype in (torch.float32, torch.float64) else 8.0
+    grads = random_grads([(size,), (size // 3, 3)], [dtype] * 2, seed=4, scale=1.0, offset=offset)
+    check_against_exact(grads, "gan")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_non_contiguous_views(mode, apply_path):
+    base = random_grads([(64, 130), (300, 400), (40, 50, 6)], [torch.float32, torch.bfloat16, torch.float64], seed=5)
+    grads = [base[0][:, ::2], base[1].t(), base[2].permute(2, 0, 1)[1:]]
+    untouched = [base[0][:, 1::2].clone(), base[2].permute(2, 0, 1)[0].clone()]
+    check_against_exact(grads, mode)
+    assert torch.equal(base[0][:, 1::2], untouched[0])
+    assert torch.equal(base[2].permute(2, 0, 1)[0], untouched[1])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_matches_reference_without_float64(mode, apply_path):
+    grads = random_grads([(70000,), (33, 3, 3), (4096,)], [torch.float32] * 3, seed=6, scale=1e-3)
+    ours, theirs = clone_all(grads), clone_all(grads)
+    stats = gan_(ours, mode=mode, backend="torch")
+    expected = reference.gan_(theirs, mode=mode)
+    assert_stats_close(stats, expected, grads)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=2e-6, atol=1e-7 * b.abs().max().item())
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("mode", MODES)
+def test_nonfinite_leaves_everything_untouched(bad, mode, apply_path):
+    grads = random_grads([(500,), (70000,), (7,)], [torch.float32, torch.bfloat16, torch.float64], seed=7)
+    grads[0][3] = -0.0
+    grads[1][70000 - 1] = bad
+    before = clone_all(grads)
+    state = GANState()
+    gan_(random_grads([(9,)], [torch.float32]), state, backend="torch")
+    exponent, step = state.exponent.clone(), state.step.clone()
+    stats = gan_(grads, state, mode=mode, backend="torch")
+    assert stats.nonfinite.dtype == torch.bool and stats.nonfinite
+    for g, b in zip(grads, before):
+        assert torch.equal(bits(g), bits(b))
+    assert torch.equal(state.exponent, exponent) and torch.equal(state.step, step)
+
+
+def test_device_apply_is_identity_on_nonfinite_factors():
+    grads = random_grads([(100,), (7, 7)], [torch.float32, torch.bfloat16], seed=8)
+    grads[0][0], grads[0][1], grads[0][2] = -0.0, math.inf, math.nan
+    before = clone_all(grads)
+    for g, b in zip(grads, before):
+        fallback.apply_device_([g], torch.zeros(1), torch.ones(1), "gan")
+        assert torch.equal(bits(g), bits(b))
+
+
+def test_sigma_overflow_is_nonfinite():
+    grads = [torch.tensor([3e38, -3e38, 3e38, -3e38])]
+    before = clone_all(grads)
+    stats = gan_(grads, backend="torch")
+    assert stats.nonfinite and torch.equal(grads[0], before[0])
+
+
+def test_edge_lists():
+    state = GANState()
+    stats = gan_([], state)
+    assert stats.means.shape == (0,) and not stats.nonfinite and stats.alpha.item() == 1.0
+    check_against_exact([torch.zeros(0), torch.tensor([2.5]), torch.zeros(3, 0, 2)], "gan")
+    check_against_exact([torch.tensor([2.5])], "znorm")
+
+
+def test_deterministic():
+    grads = random_grads([(70000,), (fallback.TILE * 3 + 5,), (3, 3)] * 3, [torch.float32] * 9, seed=9)
+    first, second = clone_all(grads), clone_all(grads)
+    stats_a = gan_(first, backend="torch")
+    stats_b = gan_(second, backend="torch")
+    for a, b in zip(first + list(stats_a), second + list(stats_b)):
+        assert torch.equal(a, b)
+
+
+def test_returns_stats_on_device_without_autograd():
+    w = torch.randn(5, 5, requires_grad=True)
+    g = torch.randn(5, 5, requires_grad=True)
+    stats = gan_([w.detach(), g.detach()])
+    assert all(not t.requires_grad for t in stats)
+    with torch.enable_grad():
+        leaf = torch.randn(4, 4, requires_grad=True)
+        gan_([leaf])
+    assert leaf.grad_fn is None

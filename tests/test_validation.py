@@ -1,0 +1,84 @@
+"""SPEC §3: bad input gets a clear error that names the problem, and nothing is modified."""
+
+import pytest
+import torch
+
+from gan_kernels import GANState, gan_, reference
+
+ENTRY_POINTS = {
+    "gan_": lambda grads, **kw: gan_(grads, **kw),
+    "reference": lambda grads, **kw: reference.gan_(grads, **{k: v for k, v in kw.items() if k != "backend"}),
+}
+
+
+def bad_lists():
+    base = torch.tensor([[1.0, 2.0], [3.0, 5.0]])
+    return {
+        "non-tensor": ([base.clone(), [1.0, 2.0]], TypeError, r"grads\[1\] is a list"),
+        "integer": ([base.clone(), torch.ones(3, dtype=torch.int64)], TypeError, r"grads\[1\].*floating-point"),
+        "complex": ([base.clone(), torch.ones(3, dtype=torch.complex64)], TypeError, r"grads\[1\]"),
+        "sparse": ([base.clone(), torch.eye(3).to_sparse()], TypeError, r"grads\[1\].*sparse|grads\[1\].*layout"),
+        "other device": ([base.clone(), torch.ones(3, device="meta")], ValueError, r"grads\[1\] is on meta"),
+        "expanded": ([base.clone(), torch.ones(1).expand(4)], ValueError, r"grads\[1\].*expanded"),
+        "aliased": ([base, base], ValueError, r"grads\[0\] and grads\[1\] overlap"),
+        "overlapping views": ([base[0], base.view(-1)[1:3]], ValueError, r"grads\[0\] and grads\[1\] overlap"),
+    }
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+@pytest.mark.parametrize("case", bad_lists())
+def test_bad_tensors_raise_naming_the_index_and_modify_nothing(entry, case):
+    grads, error, message = bad_lists()[case]
+    before = grads[0].clone()
+    state = GANState()
+    with pytest.raises(error, match=message):
+        ENTRY_POINTS[entry](grads, state=state)
+    assert torch.equal(grads[0], before)
+    assert state.step.item() == 0
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_a_single_tensor_is_not_a_list(entry):
+    g = torch.randn(4, 4)
+    with pytest.raises(TypeError, match="not a single Tensor"):
+        ENTRY_POINTS[entry](g)
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_unknown_mode_lists_the_modes(entry):
+    g = torch.randn(3, 3)
+    before = g.clone()
+    with pytest.raises(ValueError, match="unknown mode 'adam'; available modes: gan, gc, znorm"):
+        ENTRY_POINTS[entry]([g], mode="adam")
+    assert torch.equal(g, before)
+
+
+def test_unknown_backend_lists_the_backends():
+    g = torch.randn(3, 3)
+    before = g.clone()
+    with pytest.raises(ValueError, match="available backends: auto, torch, triton"):
+        gan_([g], backend="cuda")
+    assert torch.equal(g, before)
+
+
+def test_triton_backend_is_not_available_yet():
+    g = torch.randn(3, 3)
+    before = g.clone()
+    with pytest.raises(ValueError, match="not available yet; use backend='torch' or 'auto'"):
+        gan_([g], backend="triton")
+    assert torch.equal(g, before)
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_state_must_be_a_gan_state(entry):
+    g = torch.randn(3, 3)
+    with pytest.raises(TypeError, match="state must be a GANState"):
+        ENTRY_POINTS[entry]([g], state={"exponent": 0.5})
+
+
+def test_disjoint_views_of_one_buffer_are_distinct():
+    """Disjoint slices of one buffer (a flat gradient bucket) are separate gradients."""
+    bucket = torch.randn(100)
+    grads = [bucket[:40].view(4, 10), bucket[40:].view(6, 10)]
+    gan_(grads)
+    assert abs(bucket[:40].mean().item()) < 1e-6 and abs(bucket[40:].mean().item()) < 1e-6
