@@ -1,0 +1,13 @@
+"""gan_kernels: Gradient Autoscaled Normalization (GAN) for PyTorch.
+
+GAN removes each eligible gradient tensor's mean and multiplies all of them by one factor derived
+from the global gradient std (arXiv 2509.03677). It is a gradient transform, not a Generative
+Adversarial Network.
+"""
+
+from .functional import gan_
+from .optim import GAN
+from .state import GANState, GANStats
+
+__all__ = ["GAN", "GANState", "GANStats", "gan_"]
+__version__ = "0.1.0"
