@@ -22,14 +22,13 @@ from collections import defaultdict
 import torch
 from torch import Tensor
 
-from .rule import autoscale
+from .rule import ZNORM_EPS, autoscale
 from .state import GANState, GANStats
-from .validation import accumulate_dtype
+from .validation import accumulate_dtype, stats_dtype
 
 STACK_MAX = 1 << 16
 # 2**18 float32 elements (1 MiB) stay in a core's L2 between a tile's two passes.
 TILE = 1 << 18
-ZNORM_EPS = 1e-12
 
 
 def _segment_sum(values: Tensor, lengths: Tensor) -> Tensor:
@@ -63,7 +62,7 @@ def _tiled_stats(flats: list[Tensor], acc: torch.dtype) -> tuple[Tensor, Tensor]
             tile_means.append(mean)
             tile_m2.append(torch.dot(deviation, deviation))
             tile_counts.append(count)
-        tiles_per_tensor.append(len(tile_counts) - sum(tiles_per_tensor))
+        tiles_per_tensor.append(-(-flat.numel() // TILE))
     means_t = torch.stack(tile_means)
     counts_t = torch.tensor(tile_counts, dtype=acc, device=device)
     lengths = torch.tensor(tiles_per_tensor, device=device)
@@ -194,7 +193,7 @@ def apply_host_(tensors: list[Tensor], shift: Tensor, scale: Tensor, mode: str) 
 def gan_(grads: list[Tensor], groups: dict[torch.dtype, list[int]], state: GANState, mode: str) -> GANStats:
     """One GAN step over validated ``grads`` grouped by dtype (``groups``: dtype -> indices)."""
     device = state.device
-    stat_dtype = torch.float64 if torch.float64 in groups else torch.float32
+    stat_dtype = stats_dtype(grads)
     index = {dtype: torch.tensor(indices, device=device) for dtype, indices in groups.items()}
     means = torch.zeros(len(grads), dtype=stat_dtype, device=device)
     m2 = torch.zeros_like(means)

@@ -12,11 +12,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .rule import autoscale
+from .rule import ZNORM_EPS, autoscale
 from .state import GANState, GANStats
 from .validation import accumulate_dtype, check_grads, check_mode, check_state, stats_dtype
-
-ZNORM_EPS = 1e-12
 
 
 @torch.no_grad()

@@ -11,6 +11,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+# Mode "znorm" divides each centered tensor by (std + ZNORM_EPS).
+ZNORM_EPS = 1e-12
+
 
 def autoscale(sigma: Tensor, exponent: Tensor) -> tuple[Tensor, Tensor]:
     """Return ``(alpha, exponent)`` for a global std ``sigma`` and the current exponent state.
