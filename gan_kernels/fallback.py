@@ -29,6 +29,7 @@ from .validation import accumulate_dtype, stats_dtype
 STACK_MAX = 1 << 16
 # 2**18 float32 elements (1 MiB) stay in a core's L2 between a tile's two passes.
 TILE = 1 << 18
+TILED = -1
 
 
 def _segment_sum(values: Tensor, lengths: Tensor) -> Tensor:
@@ -85,19 +86,20 @@ def tensor_stats(tensors: list[Tensor]) -> tuple[Tensor, Tensor]:
     """
     acc = accumulate_dtype(tensors[0].dtype)
     device = tensors[0].device
+    # Keyed by size for the stacked classes; TILED gathers the tensors too large to stack.
     by_size: dict[int, list[int]] = defaultdict(list)
     for i, t in enumerate(tensors):
-        by_size[t.numel() if t.numel() <= STACK_MAX else -1].append(i)
+        by_size[t.numel() if t.numel() <= STACK_MAX else TILED].append(i)
     order, means, m2 = [], [], []
     for size, indices in by_size.items():
         flats = [tensors[i].reshape(-1) for i in indices]
         if size == 0:
             mean = torch.zeros(len(indices), dtype=acc, device=device)
             piece = (mean, mean)
-        elif size > 0:
-            piece = _stacked_stats(flats, acc)
-        else:
+        elif size == TILED:
             piece = _tiled_stats(flats, acc)
+        else:
+            piece = _stacked_stats(flats, acc)
         order += indices
         means.append(piece[0])
         m2.append(piece[1])
