@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .rule import ZNORM_EPS, autoscale
 from .state import GANState, GANStats
-from .validation import accumulate_dtype, stats_dtype
+from .validation import arithmetic_dtype, stats_dtype
 
 STACK_MAX = 1 << 16
 # 2**18 float32 elements (1 MiB) stay in a core's L2 between a tile's two passes.
@@ -74,17 +74,16 @@ def _tiled_stats(flats: list[Tensor], acc: torch.dtype) -> tuple[Tensor, Tensor]
     return mean, m2
 
 
-def tensor_stats(tensors: list[Tensor]) -> tuple[Tensor, Tensor]:
+def tensor_stats(tensors: list[Tensor], acc: torch.dtype) -> tuple[Tensor, Tensor]:
     """Per-tensor mean and M2 (sum of squared deviations about the mean) of one dtype group.
 
     Args:
         tensors: k tensors of one floating dtype on one device, any shapes and strides.
+        acc: the dtype to accumulate in (float32 or float64).
 
     Returns:
-        ``(means, m2)``, each of shape (k,) in the accumulation dtype (float32, or float64 for
-        float64 tensors); 0 and 0 for a zero-size tensor. Reads only.
+        ``(means, m2)``, each of shape (k,) in ``acc``; 0 and 0 for a zero-size tensor. Reads only.
     """
-    acc = accumulate_dtype(tensors[0].dtype)
     device = tensors[0].device
     # Keyed by size for the stacked classes; TILED gathers the tensors too large to stack.
     by_size: dict[int, list[int]] = defaultdict(list)
@@ -152,7 +151,7 @@ def apply_device_(tensors: list[Tensor], shift: Tensor, scale: Tensor, mode: str
     ops over the list, two passes. float16/bfloat16 are computed in float32 and rounded once.
     ``tensors`` share one dtype; ``shift`` and ``scale`` have shape (len(tensors),).
     """
-    reduced = accumulate_dtype(tensors[0].dtype) != tensors[0].dtype
+    reduced = arithmetic_dtype(tensors[0].dtype) != tensors[0].dtype
     work = [t.float() for t in tensors] if reduced else tensors
     torch._foreach_sub_(work, list(shift.unbind()))
     if mode != "gc":
@@ -169,7 +168,7 @@ def apply_host_(tensors: list[Tensor], shift: Tensor, scale: Tensor, mode: str) 
     ``tensors`` share one dtype; ``shift`` and ``scale`` have shape (len(tensors),). ``mode`` is
     unused: the factors already carry it.
     """
-    acc = accumulate_dtype(tensors[0].dtype)
+    acc = arithmetic_dtype(tensors[0].dtype)
     scratch = None
     for t, m, a in zip(tensors, shift.tolist(), scale.tolist()):
         if t.numel() == 1:
@@ -200,9 +199,9 @@ def gan_(grads: list[Tensor], groups: dict[torch.dtype, list[int]], state: GANSt
     means = torch.zeros(len(grads), dtype=stat_dtype, device=device)
     m2 = torch.zeros_like(means)
     for dtype, indices in groups.items():
-        group_means, group_m2 = tensor_stats([grads[i] for i in indices])
-        means.index_copy_(0, index[dtype], group_means.to(stat_dtype))
-        m2.index_copy_(0, index[dtype], group_m2.to(stat_dtype))
+        group_means, group_m2 = tensor_stats([grads[i] for i in indices], stat_dtype)
+        means.index_copy_(0, index[dtype], group_means)
+        m2.index_copy_(0, index[dtype], group_m2)
     stats, shift, scale = finalize([g.numel() for g in grads], means, m2, state, mode)
     on_host = device.type == "cpu"
     if on_host and stats.nonfinite.item():

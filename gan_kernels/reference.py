@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .rule import ZNORM_EPS, autoscale
 from .state import GANState, GANStats
-from .validation import accumulate_dtype, check_grads, check_mode, check_state, stats_dtype
+from .validation import check_grads, check_mode, check_state, stats_dtype
 
 
 @torch.no_grad()
@@ -36,8 +36,8 @@ def gan_(
             ``None`` uses a fresh state.
         mode: ``"gan"``, ``"gc"`` or ``"znorm"``.
         compute_dtype: the dtype of every statistic and of the arithmetic on elements; ``None`` means
-            float32 (float64 for float64 tensors). ``torch.float64`` gives the exact evaluation that
-            the tolerances of SPEC §1.1 are measured against.
+            float32, or float64 when any tensor is float64. ``torch.float64`` gives the exact
+            evaluation that the tolerances of SPEC §1.1 are measured against.
 
     Returns:
         :class:`GANStats` on the gradients' device.
@@ -47,21 +47,21 @@ def gan_(
     state = check_state(state)
     device = grads[0].device if grads else state.device
     state.to_(device)
-    out_dtype = compute_dtype or stats_dtype(grads)
+    work_dtype = compute_dtype or stats_dtype(grads)
 
     means, stds, m2s, count = [], [], [], 0
     for g in grads:
-        x = g.to(compute_dtype or accumulate_dtype(g.dtype))
+        x = g.to(work_dtype)
         n = x.numel()
         mean = x.sum() / n if n > 0 else x.new_zeros(())
         m2 = ((x - mean) ** 2).sum()
         std = torch.sqrt(m2 / (n - 1)) if n > 1 else x.new_zeros(())
-        means.append(mean.to(out_dtype))
-        stds.append(std.to(out_dtype))
-        m2s.append(m2.to(out_dtype))
+        means.append(mean.to(work_dtype))
+        stds.append(std.to(work_dtype))
+        m2s.append(m2.to(work_dtype))
         count += n
 
-    total_m2 = torch.stack(m2s).sum() if m2s else torch.zeros((), dtype=out_dtype, device=device)
+    total_m2 = torch.stack(m2s).sum() if m2s else torch.zeros((), dtype=work_dtype, device=device)
     sigma = torch.sqrt(total_m2 / (count - 1)) if count > 1 else torch.zeros_like(total_m2)
     nonfinite = not math.isfinite(sigma.item()) or not all(math.isfinite(m.item()) for m in means)
 
@@ -70,7 +70,7 @@ def gan_(
         state.exponent.copy_(exponent)
         state.step.add_(1)
         for g, mean, std in zip(grads, means, stds):
-            x = g.to(compute_dtype or accumulate_dtype(g.dtype))
+            x = g.to(work_dtype)
             if mode == "gan":
                 y = (x - mean) * alpha
             elif mode == "gc":
@@ -81,7 +81,7 @@ def gan_(
     if mode != "gan":
         alpha = torch.ones_like(alpha)
 
-    empty = torch.zeros(0, dtype=out_dtype, device=device)
+    empty = torch.zeros(0, dtype=work_dtype, device=device)
     return GANStats(
         alpha=alpha,
         global_std=sigma,

@@ -72,10 +72,12 @@ def check_grads(grads: Iterable[Tensor]) -> list[Tensor]:
 
 
 def stats_dtype(grads: list[Tensor]) -> torch.dtype:
-    """float64 when any gradient is float64, else float32: the dtype of sums over tensors."""
+    """The dtype every statistic of a step accumulates in: float64 when any gradient is float64
+    (so that float64 results keep float64 accuracy, sigma pooling all tensors), else float32."""
     return torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
 
 
-def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype per-tensor statistics accumulate in: float64 for float64, else float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def arithmetic_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype elementwise arithmetic on a tensor of ``dtype`` runs in: float32 for float16 and
+    bfloat16, else ``dtype`` itself."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
