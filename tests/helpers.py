@@ -82,3 +82,23 @@ def random_grads(
         (torch.randn(shape, generator=generator, dtype=torch.float64) * scale + offset).to(dtype)
         for shape, dtype in zip(shapes, dtypes)
     ]
+
+
+def bits(t: Tensor) -> Tensor:
+    """The raw bit patterns of a floating tensor, so that -0.0 and NaN payloads compare exactly."""
+    return t.contiguous().view({8: torch.int64, 4: torch.int32, 2: torch.int16}[t.element_size()])
+
+
+def check_steps_against_exact(run, grads: list[Tensor], mode: str = "gan", steps: int = 1) -> None:
+    """Run ``steps`` steps of ``run(grads, state, mode) -> GANStats`` and of the float64 evaluation
+    on the same inputs, and compare outputs, stats and state after each."""
+    state, exact_state = GANState(), GANState()
+    for _ in range(steps):
+        inputs = clone_all(grads)
+        expected, expected_stats = exact_evaluation(grads, exact_state, mode)
+        stats = run(grads, state, mode)
+        assert_stats_close(stats, expected_stats, inputs)
+        assert_outputs_close(grads, expected, inputs)
+        assert state.step.item() == exact_state.step.item()
+        torch.testing.assert_close(state.exponent.cpu(), exact_state.exponent.cpu(), rtol=1e-6, atol=0, equal_nan=True)
+        grads = clone_all(inputs)

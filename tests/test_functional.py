@@ -8,13 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gan_kernels import GANState, fallback, gan_, reference
-from tests.helpers import (
-    assert_outputs_close,
-    assert_stats_close,
-    clone_all,
-    exact_evaluation,
-    random_grads,
-)
+from tests.helpers import assert_stats_close, bits, check_steps_against_exact, clone_all, random_grads
 
 MODES = ["gan", "gc", "znorm"]
 FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
@@ -28,23 +22,12 @@ def apply_path(request, monkeypatch):
     return request.param
 
 
-def bits(t: torch.Tensor) -> torch.Tensor:
-    """The raw bit patterns of a floating tensor, so that -0.0 and NaN payloads compare exactly."""
-    return t.contiguous().view({8: torch.int64, 4: torch.int32, 2: torch.int16}[t.element_size()])
+def torch_backend(grads, state, mode):
+    return gan_(grads, state, mode=mode, backend="torch")
 
 
 def check_against_exact(grads, mode="gan", steps=1):
-    """Run ``steps`` steps of gan_ and of the float64 evaluation from the same inputs and compare."""
-    state, exact_state = GANState(), GANState()
-    for _ in range(steps):
-        inputs = clone_all(grads)
-        expected, expected_stats = exact_evaluation(grads, exact_state, mode)
-        stats = gan_(grads, state, mode=mode, backend="torch")
-        assert_stats_close(stats, expected_stats, inputs)
-        assert_outputs_close(grads, expected, inputs)
-        assert state.step.item() == exact_state.step.item()
-        torch.testing.assert_close(state.exponent, exact_state.exponent, rtol=1e-6, atol=0, equal_nan=True)
-        grads = [g.clone() for g in inputs]
+    check_steps_against_exact(torch_backend, grads, mode, steps)
 
 
 @st.composite
