@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from collections.abc import Sequence
 
 import torch
@@ -12,15 +14,37 @@ from .state import GANState, GANStats
 from .validation import check_grads, check_mode, check_state
 
 BACKENDS = ("auto", "torch", "triton")
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def check_backend(backend: str) -> str:
-    """Validate a backend name; ``"triton"`` raises until the Triton path is available."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; available backends: {', '.join(BACKENDS)}")
-    if backend == "triton":
-        raise ValueError("backend='triton' is not available yet; use backend='torch' or 'auto'")
     return backend
+
+
+def triton_unavailable(device: torch.device) -> str | None:
+    """Why the Triton kernels cannot run on ``device``, or None when they can."""
+    if importlib.util.find_spec("triton") is None:
+        return "Triton is not installed"
+    if device.type == "cuda":
+        return None
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+        return None
+    return f"the Triton kernels run on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), not on {device.type}"
+
+
+def _use_triton(grads: list[Tensor], backend: str) -> bool:
+    if backend == "torch" or not grads:
+        return False
+    reason = triton_unavailable(grads[0].device)
+    if backend == "triton" and reason is not None:
+        raise ValueError(f"backend='triton' cannot run here: {reason}; available backends: 'torch', 'auto'")
+    if backend == "auto" and (grads[0].device.type != "cuda" or reason is not None):
+        return False
+    # The kernels take float32/float16/bfloat16; a list with float64 keeps float64 statistics on
+    # the fallback.
+    return all(g.dtype in TRITON_DTYPES for g in grads)
 
 
 def group_by_dtype(grads: list[Tensor]) -> dict[torch.dtype, list[int]]:
@@ -52,7 +76,10 @@ def gan_(
         state: the :class:`GANState` carried between steps (its ``exponent`` is set once, its
             ``step`` counted); ``None`` means a fresh state.
         mode: ``"gan"`` (default), ``"gc"`` or ``"znorm"``.
-        backend: ``"auto"``, ``"torch"`` (the multi-tensor PyTorch fallback) or ``"triton"``.
+        backend: ``"auto"`` (the Triton kernels for CUDA tensors when Triton is installed, else the
+            fallback), ``"torch"`` (the multi-tensor PyTorch fallback) or ``"triton"`` (the kernels,
+            or a ``ValueError`` where they cannot run; on CPU tensors they run only under
+            ``TRITON_INTERPRET=1``). A list holding float64 tensors always takes the fallback.
 
     Returns:
         :class:`GANStats` with 0-d ``alpha``, ``global_std``, ``nonfinite`` and (k,) ``means``,
@@ -66,6 +93,11 @@ def gan_(
     mode = check_mode(mode)
     check_backend(backend)
     state = check_state(state)
+    use_triton = _use_triton(grads, backend)
     with torch.no_grad():
         state.to_(grads[0].device if grads else state.device)
+        if use_triton:
+            from .kernels import launch
+
+            return launch.gan_(grads, state, mode)
         return fallback.gan_(grads, group_by_dtype(grads), state, mode)

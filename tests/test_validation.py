@@ -1,5 +1,7 @@
 """SPEC §3: bad input gets a clear error that names the problem, and nothing is modified."""
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -61,12 +63,24 @@ def test_unknown_backend_lists_the_backends():
     assert torch.equal(g, before)
 
 
-def test_triton_backend_is_not_available_yet():
+def test_triton_backend_where_it_cannot_run(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     g = torch.randn(3, 3)
     before = g.clone()
-    with pytest.raises(ValueError, match="not available yet; use backend='torch' or 'auto'"):
+    with pytest.raises(ValueError, match="cannot run here: .*not on cpu; available backends: 'torch', 'auto'"):
         gan_([g], backend="triton")
     assert torch.equal(g, before)
+    with pytest.raises(ValueError, match="not on meta"):
+        gan_([torch.ones(3, device="meta")], backend="triton")
+
+
+def test_triton_backend_without_triton(monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else real_find_spec(name, *a))
+    with pytest.raises(ValueError, match="Triton is not installed"):
+        gan_([torch.randn(3, 3)], backend="triton")
+    stats = gan_([torch.randn(3, 3)], backend="auto")
+    assert not stats.nonfinite
 
 
 @pytest.mark.parametrize("entry", ENTRY_POINTS)

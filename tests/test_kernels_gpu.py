@@ -1,0 +1,82 @@
+"""Tests that need a CUDA device: compiled kernels, no host sync, CUDA graph capture.
+
+They are skipped on machines without CUDA; tests/test_kernels.py covers the same kernels through
+Triton's interpreter there.
+"""
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+from gan_kernels import GAN, GANState, gan_  # noqa: E402
+from tests.helpers import check_steps_against_exact, clone_all, random_grads  # noqa: E402
+
+MODES = ["gan", "gc", "znorm"]
+
+
+def cuda_grads(seed=0):
+    shapes = [(64, 3, 3, 3), (128, 64, 3, 3), (1000, 512), (10,), (4097,), (300_001,)]
+    dtypes = [torch.float32, torch.bfloat16, torch.float16, torch.float32, torch.bfloat16, torch.float32]
+    return [g.cuda() for g in random_grads(shapes, dtypes, seed=seed, scale=1e-3, offset=1e-4)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_compiled_kernels_match_exact_evaluation(mode):
+    def run(grads, state, mode):
+        return gan_(grads, state, mode=mode, backend="triton")
+
+    check_steps_against_exact(run, cuda_grads(), mode, steps=3)
+
+
+def test_no_host_sync_in_gan_or_the_wrapper():
+    grads = cuda_grads()
+    state = GANState()
+    gan_(grads, state, backend="triton")  # compile and build the layout first
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8)).cuda()
+    opt = GAN(torch.optim.AdamW(model.parameters(), lr=1e-3, capturable=True))
+    x = torch.randn(32, 64, device="cuda")
+
+    def train_step():
+        opt.zero_grad(set_to_none=False)
+        model(x).square().mean().backward()
+        opt.step()
+
+    train_step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        gan_(grads, state, backend="triton")
+        train_step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_cuda_graph_replay_on_new_gradients():
+    grads = cuda_grads(seed=1)
+    state = GANState(device="cuda")
+    eager_state = GANState(device="cuda")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        gan_(clone_all(grads), GANState(device="cuda"), backend="triton")  # warm up: compile
+        gan_(grads, state, backend="triton")  # builds the layout for these buffers
+    torch.cuda.current_stream().wait_stream(stream)
+    gan_(clone_all(cuda_grads(seed=1)), eager_state, backend="triton")
+
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = gan_(grads, state, backend="triton")
+    for seed in (2, 3):
+        fresh = cuda_grads(seed=seed)
+        for g, f in zip(grads, fresh):
+            g.copy_(f)
+        eager = clone_all(fresh)
+        expected = gan_(eager, eager_state, backend="triton")
+        graph.replay()
+        torch.cuda.synchronize()
+        for g, e in zip(grads, eager):
+            assert torch.equal(g, e)
+        for a, b in zip(captured, expected):
+            assert torch.equal(a, b)
+        assert torch.equal(state.exponent, eager_state.exponent)
