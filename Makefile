@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 TEST_PINS ?= triton==3.8.0
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench aot clean
 
 $(PYTHON):
 	python3 -m venv $(VENV)
@@ -22,6 +22,9 @@ test: install
 
 bench: install
 	$(PYTHON) benchmarks/run.py
+
+aot: install
+	$(PYTHON) -m gan_kernels.kernels.aot --arch 90
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis .benchmarks
