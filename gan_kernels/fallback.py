@@ -32,6 +32,15 @@ TILE = 1 << 18
 TILED = -1
 
 
+def _device_tensor(values: list, device: torch.device, dtype: torch.dtype = torch.int64) -> Tensor:
+    """``torch.tensor(values)`` on ``device``; to a GPU through pinned memory and a non-blocking
+    copy, since a copy from pageable memory would synchronise the host with the device."""
+    host = torch.tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
+
+
 def _segment_sum(values: Tensor, lengths: Tensor) -> Tensor:
     return torch.segment_reduce(values, "sum", lengths=lengths, unsafe=True)
 
@@ -65,9 +74,9 @@ def _tiled_stats(flats: list[Tensor], acc: torch.dtype) -> tuple[Tensor, Tensor]
             tile_counts.append(count)
         tiles_per_tensor.append(-(-flat.numel() // TILE))
     means_t = torch.stack(tile_means)
-    counts_t = torch.tensor(tile_counts, dtype=acc, device=device)
-    lengths = torch.tensor(tiles_per_tensor, device=device)
-    counts = torch.tensor([f.numel() for f in flats], dtype=acc, device=device)
+    counts_t = _device_tensor(tile_counts, device, acc)
+    lengths = _device_tensor(tiles_per_tensor, device)
+    counts = _device_tensor([f.numel() for f in flats], device, acc)
     mean = _segment_sum(counts_t * means_t, lengths) / counts
     spread = means_t - mean.repeat_interleave(lengths, output_size=len(tile_means))
     m2 = _segment_sum(torch.stack(tile_m2), lengths) + _segment_sum(counts_t * spread**2, lengths)
@@ -102,7 +111,7 @@ def tensor_stats(tensors: list[Tensor], acc: torch.dtype) -> tuple[Tensor, Tenso
         order += indices
         means.append(piece[0])
         m2.append(piece[1])
-    position = torch.tensor(sorted(range(len(order)), key=order.__getitem__), device=device)
+    position = _device_tensor(sorted(range(len(order)), key=order.__getitem__), device)
     return torch.cat(means)[position], torch.cat(m2)[position]
 
 
@@ -122,7 +131,7 @@ def finalize(
         On a non-finite step shift is 0 and scale 1, which leaves every element as it was.
     """
     total = sum(counts)
-    n = torch.tensor(counts, dtype=means.dtype, device=means.device)
+    n = _device_tensor(counts, means.device, means.dtype)
     sigma = torch.sqrt(m2.sum() / (total - 1)) if total > 1 else means.new_zeros(())
     stds = torch.where(n > 1, torch.sqrt(m2 / (n - 1).clamp(min=1)), 0.0)
     nonfinite = ~(torch.isfinite(sigma) & torch.isfinite(means).all())
@@ -195,7 +204,7 @@ def gan_(grads: list[Tensor], groups: dict[torch.dtype, list[int]], state: GANSt
     """One GAN step over validated ``grads`` grouped by dtype (``groups``: dtype -> indices)."""
     device = state.device
     stat_dtype = stats_dtype(grads)
-    index = {dtype: torch.tensor(indices, device=device) for dtype, indices in groups.items()}
+    index = {dtype: _device_tensor(indices, device) for dtype, indices in groups.items()}
     means = torch.zeros(len(grads), dtype=stat_dtype, device=device)
     m2 = torch.zeros_like(means)
     for dtype, indices in groups.items():

@@ -80,3 +80,27 @@ def test_cuda_graph_replay_on_new_gradients():
         for a, b in zip(captured, expected):
             assert torch.equal(a, b)
         assert torch.equal(state.exponent, eager_state.exponent)
+
+
+def test_fallback_on_cuda_has_no_host_sync():
+    grads = cuda_grads(seed=4)
+    gan_(clone_all(grads), backend="torch")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        stats = gan_(grads, backend="torch")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert not stats.nonfinite.item()
+
+
+def test_a_tensor_past_two_to_the_31_elements():
+    """64-bit offsets: 2**31 + 5 float16 elements (4 GiB)."""
+    n = 2**31 + 5
+    g = torch.full((n,), 1.0, dtype=torch.float16, device="cuda")
+    g[-1] = 2.0
+    stats = gan_([g], mode="gc", backend="triton")
+    expected_mean = (n + 1) / n
+    assert abs(stats.means[0].item() - expected_mean) < 1e-6
+    assert g[-1].item() == pytest.approx(2.0 - expected_mean, abs=1e-3)
+    assert g[0].item() == pytest.approx(1.0 - expected_mean, abs=1e-6)
