@@ -12,16 +12,17 @@ $(PYTHON):
 	$(PYTHON) -m pip install --quiet --upgrade pip
 
 install: $(PYTHON)
-	$(PYTHON) -m pip install --quiet "$(TORCH_PIN)" "$(TEST_PINS)" -e ".[test,demo]"
+	$(PYTHON) -m pip install --quiet "$(TORCH_PIN)" "$(TEST_PINS)" -e ".[test,demo,bench]"
 
 demo: install
 	$(PYTHON) examples/train.py
 
+# The test suite, then every benchmark once as a smoke test (timings are never asserted).
 test: install
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q tests benchmarks --benchmark-disable
 
 bench: install
-	$(PYTHON) benchmarks/run.py
+	$(PYTHON) benchmarks/run.py --save
 
 aot: install
 	$(PYTHON) -m gan_kernels.kernels.aot --arch 90

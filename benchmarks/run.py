@@ -1,129 +1,151 @@
-"""Time GAN implementations on real models' gradient shapes and print one table.
+"""Time GAN implementations on the gradient shapes of real models and print one table.
 
-    python benchmarks/run.py [--sets resnet56 vgg16_bn] [--dtypes float32] [--repeats 20] [--json PATH]
+    python benchmarks/run.py [--device cpu|cuda] [--sets ...] [--dtypes ...] [--quick] [--json PATH] [--save]
 
-Each row: the median wall time of one step (gradients restored between steps, outside the timing),
-the speedup over the reference, the effective bandwidth under the 3-accesses-per-element model (one
-read for the statistics, one read and one write to apply), and the time over the memory floor: 3
-accesses per element at the bandwidth of a plain copy of the same tensors, measured in the same run.
+Implementations: ``reference`` (eager, one tensor at a time), ``compiled`` (``torch.compile`` of the
+reference), ``torch`` (the multi-tensor fallback) and, on CUDA, ``triton`` (the fused kernels; its
+CUDA-graph replay time is reported too). Per row: the median time of one step, the speedup over
+the reference, the effective bandwidth under the 3-accesses model (one read for the statistics,
+one read and one write to apply: 12 bytes per element in float32, 6 in bfloat16), that bandwidth
+as a fraction of the device's own copy bandwidth measured in the same run on the same tensors, and
+the kernel launches per step. On CUDA times come from CUDA events (``triton.testing.do_bench``,
+median); on a CPU from wall time after warm-up, gradients restored between steps outside the timing.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
-import math
-import platform
-import statistics
+import re
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import (  # noqa: E402
+    DTYPES,
+    IMPLEMENTATIONS,
+    available,
+    cpu_medians,
+    cuda_graph_median,
+    cuda_median,
+    device_name,
+    elements,
+    launches_per_step,
+    make_grads,
+    make_step,
+)
 from benchmarks.shapes import SETS  # noqa: E402
-from gan_kernels import GANState, gan_, reference  # noqa: E402
+from gan_kernels import GANState  # noqa: E402
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def implementations() -> dict[str, Callable]:
-    return {
-        "reference": lambda grads, state: reference.gan_(grads, state),
-        "torch": lambda grads, state: gan_(grads, state, backend="torch"),
-    }
+RESULTS = Path(__file__).resolve().parent / "results"
+QUICK_SETS = ["resnet56", "vgg16_bn"]
 
 
-def make_grads(shapes, dtype, device, seed=0) -> list[torch.Tensor]:
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    return [
-        (torch.randn(shape, generator=generator) * 1e-2 + 1e-3).to(dtype=dtype, device=device)
-        for shape in shapes
-    ]
+def measure(set_name: str, dtype_name: str, device: str, implementations: list[str], repeats: int) -> list[dict]:
+    """Rows for one gradient set and dtype: every implementation, timed against one copy."""
+    source = make_grads(set_name, DTYPES[dtype_name], device)
+    grads = [g.clone() for g in source]
+    copies = [g.clone() for g in source]
 
+    def restore():
+        torch._foreach_copy_(grads, source)
 
-def interleaved_medians(
-    candidates: dict[str, Callable[[], object]], restore: Callable[[], object], repeats: int
-) -> dict[str, float]:
-    """Median wall time of each candidate, timed in turn within every round so that a drift in the
-    machine's speed (memory bandwidth varies on shared hosts) affects all of them alike. ``restore``
-    runs, untimed, before each call."""
-    times: dict[str, list[float]] = {name: [] for name in candidates}
-    for round_ in range(repeats + 2):
-        for name, fn in candidates.items():
-            restore()
-            start = time.perf_counter()
-            fn()
-            if round_ >= 2:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    steps = {name: make_step(name) for name in implementations}
+    states = {name: GANState() for name in implementations}
+    for name, step in steps.items():  # warm-up: compiles, caches layouts
+        restore()
+        step(grads, states[name])
+    launches = {}
+    for name, step in steps.items():
+        restore()
+        launches[name] = launches_per_step(lambda: step(grads, states[name]), device, name)
 
+    candidates = {"copy": lambda: torch._foreach_copy_(copies, source)}
+    candidates.update({name: (lambda step=step, state=states[name]: step(grads, state)) for name, step in steps.items()})
+    if device == "cuda":
+        seconds = {name: cuda_median(fn) for name, fn in candidates.items()}
+        graph = cuda_graph_median(steps["triton"], grads, states["triton"]) if "triton" in steps else None
+    else:
+        seconds = cpu_medians(candidates, restore, repeats)
+        graph = None
 
-def run(sets, dtypes, repeats, device="cpu") -> list[dict]:
+    count = elements(set_name)
+    element_size = source[0].element_size()
+    copy_gb_s = 2 * count * element_size / seconds.pop("copy") / 1e9
     rows = []
-    device_name = platform.processor() or platform.machine()
-    for set_name in sets:
-        shapes = SETS[set_name]()
-        elements = sum(math.prod(s) for s in shapes)
-        for dtype_name in dtypes:
-            source = make_grads(shapes, DTYPES[dtype_name], device)
-            grads = [g.clone() for g in source]
-            copies = [g.clone() for g in source]
-            candidates = {"copy": lambda: torch._foreach_copy_(copies, source)}
-            for impl_name, impl in implementations().items():
-                candidates[impl_name] = lambda impl=impl, state=GANState(): impl(grads, state)
-            times = interleaved_medians(candidates, lambda: torch._foreach_copy_(grads, source), repeats)
-            copy_time = times.pop("copy")
-            floor = 1.5 * copy_time  # a copy is 2 accesses per element; GAN needs 3
-            element_size = source[0].element_size()
-            for impl_name, seconds in times.items():
-                rows.append(
-                    {
-                        "set": set_name,
-                        "implementation": impl_name,
-                        "dtype": dtype_name,
-                        "device": device_name,
-                        "tensors": len(shapes),
-                        "elements": elements,
-                        "median_ms": seconds * 1e3,
-                        "speedup_vs_reference": times["reference"] / seconds,
-                        "effective_gb_s": 3 * elements * element_size / seconds / 1e9,
-                        "copy_gb_s": 2 * elements * element_size / copy_time / 1e9,
-                        "time_over_floor": seconds / floor,
-                    }
-                )
+    for name, time_s in seconds.items():
+        effective = 3 * count * element_size / time_s / 1e9
+        rows.append({
+            "set": set_name,
+            "implementation": name,
+            "dtype": dtype_name,
+            "device": device_name(device),
+            "tensors": len(source),
+            "elements": count,
+            "median_ms": time_s * 1e3,
+            "speedup_vs_reference": seconds["reference"] / time_s,
+            "effective_gb_s": effective,
+            "copy_gb_s": copy_gb_s,
+            "fraction_of_copy_bw": effective / copy_gb_s,
+            "launches": launches[name],
+            "graph_replay_ms": graph * 1e3 if graph is not None and name == "triton" else None,
+        })
     return rows
 
 
-def print_table(rows: list[dict]) -> None:
+def format_table(rows: list[dict]) -> str:
     columns = [
-        ("set", "{}"), ("implementation", "{}"), ("dtype", "{}"), ("tensors", "{}"),
-        ("median_ms", "{:.3f}"), ("speedup_vs_reference", "{:.2f}x"),
-        ("effective_gb_s", "{:.1f}"), ("copy_gb_s", "{:.1f}"), ("time_over_floor", "{:.2f}x"),
+        ("set", "{}"), ("implementation", "{}"), ("dtype", "{}"), ("median_ms", "{:.3f}"),
+        ("speedup_vs_reference", "{:.2f}x"), ("effective_gb_s", "{:.1f}"), ("copy_gb_s", "{:.1f}"),
+        ("fraction_of_copy_bw", "{:.0%}"), ("launches", "{}"), ("graph_replay_ms", "{:.3f}"),
     ]
-    cells = [[fmt.format(row[name]) for name, fmt in columns] for row in rows]
+    cells = [[("-" if row[name] is None else fmt.format(row[name])) for name, fmt in columns] for row in rows]
     widths = [max(len(name), *(len(c[i]) for c in cells)) for i, (name, _) in enumerate(columns)]
-    print("  ".join(name.ljust(w) for (name, _), w in zip(columns, widths)))
-    for c in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(c, widths)))
+    lines = ["  ".join(name.ljust(w) for (name, _), w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(c, widths)) for c in cells]
+    return "\n".join(lines)
+
+
+def result_path(device: str) -> Path:
+    slug = re.sub(r"[^a-z0-9]+", "-", device_name(device).lower()).strip("-")
+    return RESULTS / f"{slug}-{datetime.date.today().isoformat()}.json"
 
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sets", nargs="+", default=["resnet56", "vgg16_bn"], choices=sorted(SETS))
-    parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=sorted(DTYPES))
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--sets", nargs="+", choices=sorted(SETS), help="default: all (with --quick: %s)" % " ".join(QUICK_SETS))
+    parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=sorted(DTYPES, reverse=True))
+    parser.add_argument("--implementations", nargs="+", choices=IMPLEMENTATIONS, default=list(IMPLEMENTATIONS))
+    parser.add_argument("--quick", action="store_true", help="the two CIFAR-size sets and fewer repeats")
+    parser.add_argument("--repeats", type=int, help="timed steps per implementation on a CPU (default 30, 10 with --quick)")
+    parser.add_argument("--json", type=Path, help="write the rows to this JSON file")
+    parser.add_argument("--save", action="store_true", help="write the rows to benchmarks/results/<device>-<date>.json")
     args = parser.parse_args(argv)
-    rows = run(args.sets, args.dtypes, args.repeats)
-    print(f"device: {rows[0]['device']}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print_table(rows)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=2))
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    sets = args.sets or (QUICK_SETS if args.quick else list(SETS))
+    repeats = args.repeats or (10 if args.quick else 30)
+    implementations = [name for name in args.implementations if available(name, args.device)]
+    if "reference" not in implementations:
+        implementations.insert(0, "reference")
+
+    rows = []
+    combinations = [(s, d) for s in sets for d in args.dtypes]
+    for set_name, dtype_name in tqdm(combinations, desc="benchmark", unit="set", file=sys.stderr):
+        rows += measure(set_name, dtype_name, args.device, implementations, repeats)
+    print(f"device: {device_name(args.device)}; torch {torch.__version__}")
+    print(format_table(rows))
+    for path in [args.json, result_path(args.device) if args.save else None]:
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(rows, indent=2) + "\n")
+            print(f"wrote {path}")
     return rows
 
 

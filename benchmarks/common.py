@@ -1,0 +1,132 @@
+"""What the benchmark runner and the pytest-benchmark suite share: the implementations, the
+gradients, timing, and the count of kernel launches per step."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from benchmarks.shapes import SETS
+from gan_kernels import GANState, gan_, reference
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+IMPLEMENTATIONS = ("reference", "compiled", "torch", "triton")
+
+Step = Callable[[list[torch.Tensor], GANState], object]
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    cpuinfo = Path("/proc/cpuinfo")
+    models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+              if line.startswith("model name")] if cpuinfo.exists() else []
+    model = models[0] if models else (platform.processor() or platform.machine())
+    return f"{model} ({torch.get_num_threads()} threads)"
+
+
+def available(implementation: str, device: str) -> bool:
+    """The Triton kernels are benchmarked on CUDA only (on a CPU they run in an interpreter)."""
+    return implementation != "triton" or (device == "cuda" and importlib.util.find_spec("triton") is not None)
+
+
+def make_step(implementation: str) -> Step:
+    """A fresh ``step(grads, state)`` for one implementation; ``compiled`` is ``torch.compile`` of
+    the reference with dynamo's caches reset, so each gradient set compiles on its own."""
+    if implementation == "reference":
+        return reference.gan_
+    if implementation == "compiled":
+        torch._dynamo.reset()
+        # The reference reads its non-finite flag on the host: dynamo reports that graph break.
+        logging.getLogger("torch._dynamo").setLevel(logging.ERROR)
+        return torch.compile(reference.gan_)
+    backend = implementation
+    return lambda grads, state: gan_(grads, state, backend=backend)
+
+
+def make_grads(set_name: str, dtype: torch.dtype, device: str, seed: int = 0) -> list[torch.Tensor]:
+    """Random gradients with the shapes of ``set_name``: std 1e-2 around a mean of 1e-3."""
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randn(shape, generator=generator) * 1e-2 + 1e-3).to(dtype=dtype, device=device)
+        for shape in SETS[set_name]()
+    ]
+
+
+def elements(set_name: str) -> int:
+    return sum(math.prod(shape) for shape in SETS[set_name]())
+
+
+class _CountOps(TorchDispatchMode):
+    """Counts ATen operators that do work (views and allocations excluded)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view and func.__name__.split(".")[0] not in ("empty", "empty_strided", "detach", "lift_fresh"):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def launches_per_step(step: Callable[[], object], device: str, implementation: str) -> int | None:
+    """Kernels one step launches: CUDA kernel, memcpy and memset events on a GPU; ATen operators
+    on a CPU, where ``compiled`` runs inductor's own C++ kernels and is not counted (None)."""
+    if device == "cuda":
+        from torch.profiler import DeviceType, ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            step()
+            torch.cuda.synchronize()
+        return sum(1 for event in prof.events() if event.device_type == DeviceType.CUDA)
+    if implementation == "compiled":
+        return None
+    counter = _CountOps()
+    with counter:
+        step()
+    return counter.count
+
+
+def cpu_medians(candidates: dict[str, Callable[[], object]], restore: Callable[[], object], repeats: int) -> dict[str, float]:
+    """Median wall seconds of each candidate, timed in turn within every round so that a drift in
+    the machine's speed (memory bandwidth varies on shared hosts) affects all of them alike.
+    ``restore`` runs, untimed, before each call; two warm-up rounds are dropped."""
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for round_ in range(repeats + 2):
+        for name, fn in candidates.items():
+            restore()
+            start = time.perf_counter()
+            fn()
+            if round_ >= 2:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def cuda_median(fn: Callable[[], object]) -> float:
+    """Median seconds of ``fn`` by CUDA events (``triton.testing.do_bench``)."""
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3
+
+
+def cuda_graph_median(step: Step, grads: list[torch.Tensor], state: GANState) -> float:
+    """Median seconds of replaying a CUDA graph that captured one step."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step(grads, state)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step(grads, state)
+    return cuda_median(graph.replay)

@@ -1,0 +1,43 @@
+"""pytest-benchmark microbenchmarks: every gradient set x implementation x dtype.
+
+    pytest benchmarks/                        # measure on CUDA if present, else the CPU
+    pytest benchmarks/ --benchmark-json=out.json --benchmark-compare
+
+Grouped by set and dtype, so each group compares the implementations on the same tensors. CI runs
+them once each with ``--benchmark-disable`` as a smoke test; times are never asserted.
+"""
+
+import pytest
+import torch
+
+from benchmarks.common import DTYPES, IMPLEMENTATIONS, available, elements, make_grads, make_step
+from benchmarks.shapes import SETS
+from gan_kernels import GANState
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.mark.parametrize("implementation", [name for name in IMPLEMENTATIONS if available(name, DEVICE)])
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("set_name", list(SETS))
+def test_gan_step(benchmark, set_name, dtype_name, implementation):
+    source = make_grads(set_name, DTYPES[dtype_name], DEVICE)
+    grads = [g.clone() for g in source]
+    step = make_step(implementation)
+    state = GANState()
+    step(grads, state)  # warm-up: compiles, caches layouts
+
+    def restore():
+        torch._foreach_copy_(grads, source)
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+
+    def run():
+        step(grads, state)
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+
+    benchmark.group = f"{set_name} {dtype_name}"
+    benchmark.extra_info.update(elements=elements(set_name), bytes_3_accesses=3 * elements(set_name) * source[0].element_size())
+    benchmark.pedantic(run, setup=restore, rounds=10, iterations=1)
+    assert all(torch.isfinite(g).all() for g in grads)
