@@ -1,148 +1,234 @@
-"""Train a small CNN on scikit-learn's 8x8 digits with Gradient Autoscaled Normalization.
+"""Compare AdamW, Gradient Centralization, ZNorm and GAN on the paper's models, and draw the
+gradient dynamics behind them.
 
-The digits data set ships with scikit-learn, so this demo needs no download and
-finishes in well under a minute on a laptop CPU. Compare the gradient transforms
-against plain AdamW with, for example::
+    python examples/train.py                       # ResNet-20 on the embedded digits, CPU, minutes
+    python examples/train.py --dataset cifar100 --data-dir DIR --model resnet56 --epochs 200 --device cuda
 
-    python examples/train.py                  # AdamW wrapped in GAN (mode="gan")
-    python examples/train.py --method adamw   # plain AdamW, no wrapper
-    python examples/train.py --method gc      # gradient centralization
+Every method trains the same model from the same seed on the same batches: ``adamw`` is plain
+AdamW; ``gc``, ``znorm`` and ``gan`` wrap it in ``gan_kernels.GAN`` with that mode. The GAN-wrapped
+runs record, at no extra pass over the gradients, every eligible layer's gradient std, the global
+std and alpha, and the coherence cos(g_t, g_{t-1}) of consecutive gradients. ``--out`` receives
+``metrics.json`` (final accuracies and per-epoch curves), one ``gradients_<method>.csv`` per
+wrapped method, and ``dynamics.png``.
 """
 
+from __future__ import annotations
+
 import argparse
+import importlib.util
+import json
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
-from torch import nn
+from tqdm import tqdm
 
 from gan_kernels import GAN
+from gan_kernels.telemetry import GradientRecorder
 
-METHODS = ("adamw", "gan", "gc", "znorm")
+
+def _load_sibling(name):
+    """Import examples/<name>.py (the examples folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"gan_examples_{name}", Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def positive_int(text):
-    """argparse type: an integer of at least 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+models = _load_sibling("models")
+data = _load_sibling("data")
+
+METHODS = ("adamw", "gc", "znorm", "gan")
+DATASETS = ("digits", "cifar100")
+DIGITS_SIZE = 16  # the 8x8 digits upsampled, so that ResNet's three stages keep a 4x4 map
+
+
+class UsageError(Exception):
+    """Bad input: reported as one line, before anything is written."""
 
 
 def parse_args(argv=None):
-    """Parse command-line options; ``argv=None`` reads ``sys.argv``."""
-    parser = argparse.ArgumentParser(
-        description="Train a small CNN on 8x8 digits with Gradient Autoscaled Normalization.")
-    parser.add_argument("--method", choices=METHODS, default="gan",
-                        help="plain AdamW, or AdamW wrapped in GAN with this mode")
-    parser.add_argument("--epochs", type=positive_int, default=15)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="resnet20", help=f"one of {', '.join(models.MODELS)}")
+    parser.add_argument("--dataset", default="digits", help=f"one of {', '.join(DATASETS)}")
+    parser.add_argument("--data-dir", type=Path, help="for cifar100: the folder with cifar-100-python(.tar.gz)")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from " + ", ".join(METHODS))
+    parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu", help='"cpu" or "cuda"')
-    return parser.parse_args(argv)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-coherence", action="store_true", help="skip cos(g_t, g_t-1), which costs a copy of the gradients")
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"))
+    args = parser.parse_args(argv)
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    return args
 
 
-def load_data(seed, device):
-    """Return ``(x_train, y_train, x_test, y_test)`` from an 80/20 seeded split.
-
-    Images are float32 tensors of shape (N, 1, 8, 8), scaled to [0, 1] and then
-    standardised with the training set's mean and std only, so no test
-    statistics leak into training.
-    """
-    digits = load_digits()
-    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(digits.target, dtype=torch.long)
-
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    n_train = int(0.8 * len(y))
-    train_idx, test_idx = perm[:n_train], perm[n_train:]
-
-    mean, std = x[train_idx].mean(), x[train_idx].std()
-    x = (x - mean) / std
-    return (x[train_idx].to(device), y[train_idx].to(device),
-            x[test_idx].to(device), y[test_idx].to(device))
+def check_args(args):
+    """Raise UsageError, naming what is accepted, for anything the run cannot use."""
+    if args.model not in models.MODELS:
+        raise UsageError(f"unknown model {args.model!r}; accepted: {', '.join(models.MODELS)}")
+    if args.dataset not in DATASETS:
+        raise UsageError(f"unknown dataset {args.dataset!r}; accepted: {', '.join(DATASETS)}")
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown or not args.methods:
+        raise UsageError(f"unknown method {', '.join(map(repr, unknown)) or '(none given)'}; accepted: {', '.join(METHODS)}")
+    if args.dataset == "cifar100" and args.data_dir is None:
+        raise UsageError("--dataset cifar100 needs --data-dir DIR holding cifar-100-python.tar.gz or cifar-100-python/")
+    if args.epochs < 1 or args.batch_size < 1:
+        raise UsageError("--epochs and --batch-size must be at least 1")
 
 
-def conv_block(c_in, c_out):
-    """3x3 convolution (size-preserving), batch norm and ReLU."""
-    return nn.Sequential(
-        # The bias would be cancelled by the batch norm that follows.
-        nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(inplace=True),
-    )
+def load(args):
+    if args.dataset == "digits":
+        return data.load_digits_images(DIGITS_SIZE, args.seed), False
+    try:
+        return data.load_cifar100(args.data_dir), True
+    except FileNotFoundError as error:
+        raise UsageError(str(error)) from None
 
 
-def make_model():
-    """A tiny CNN: two conv blocks at 8x8, pool to 4x4, one more block, global pool."""
-    return nn.Sequential(
-        conv_block(1, 16),
-        conv_block(16, 32),
-        nn.MaxPool2d(2),
-        conv_block(32, 64),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(64, 10),
-    )
-
-
-def make_optimizer(model, method, lr, weight_decay):
-    """AdamW, wrapped in :class:`GAN` unless ``method`` is ``"adamw"``."""
-    adamw = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    if method == "adamw":
-        return adamw
-    return GAN(adamw, mode=method)
-
-
-def train_epoch(model, opt, x, y, batch_size, generator):
-    """Run one shuffled pass over ``(x, y)``; return the mean training loss."""
-    model.train()
-    perm = torch.randperm(len(y), generator=generator).to(x.device)
-    # Accumulate on-device so the loop never forces a host synchronisation.
-    total = torch.zeros((), device=x.device)
-    for start in range(0, len(y), batch_size):
-        idx = perm[start:start + batch_size]
-        loss = F.cross_entropy(model(x[idx]), y[idx])
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        total += loss.detach() * len(idx)
-    return total.item() / len(y)
+def eligible_names(model):
+    """The names of the parameters GAN transforms by default (ndim > 1), in parameter order."""
+    return [name for name, p in model.named_parameters() if p.ndim > 1]
 
 
 @torch.no_grad()
-def evaluate(model, x, y):
-    """Return the classification accuracy of ``model`` on ``(x, y)``."""
+def accuracy(model, x, y, batch_size=512):
     model.eval()
-    return (model(x).argmax(dim=1) == y).float().mean().item()
+    correct = sum((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum() for i in range(0, len(y), batch_size))
+    return (correct / len(y)).item()
+
+
+def train_method(method, args, images, augmented, device):
+    """Train one method from the seed; return its per-epoch curves and its recorder (or None)."""
+    torch.manual_seed(args.seed)
+    model = models.MODELS[args.model](in_channels=images.in_channels, num_classes=images.num_classes).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    if method != "adamw":
+        opt = GAN(opt, mode=method)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs)
+    recorder = GradientRecorder(eligible_names(model), coherence=not args.no_coherence) if method != "adamw" else None
+    x_train, y_train = images.train_x.to(device), images.train_y.to(device)
+    x_test, y_test = images.test_x.to(device), images.test_y.to(device)
+    shuffle = torch.Generator().manual_seed(args.seed)
+    steps = -(-len(y_train) // args.batch_size)
+    curves = {"loss": [], "test_accuracy": []}
+    start = time.perf_counter()
+    with tqdm(total=args.epochs * steps, desc=f"{method:>5}", unit="step", leave=False, file=sys.stderr) as bar:
+        for epoch in range(1, args.epochs + 1):
+            model.train()
+            order = torch.randperm(len(y_train), generator=shuffle).to(device)
+            total = torch.zeros((), device=device)
+            for i in range(0, len(y_train), args.batch_size):
+                batch = order[i:i + args.batch_size]
+                x = data.augment(x_train[batch], shuffle) if augmented else x_train[batch]
+                loss = F.cross_entropy(model(x), y_train[batch])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                if recorder is not None:
+                    recorder.record(opt.last_stats, opt.eligible_grads())
+                total += loss.detach() * len(batch)
+                bar.update()
+            scheduler.step()
+            curves["loss"].append(total.item() / len(y_train))
+            curves["test_accuracy"].append(accuracy(model, x_test, y_test))
+            line = f"{method:>5}  epoch {epoch:3d}  loss {curves['loss'][-1]:.4f}  test acc {curves['test_accuracy'][-1]:.4f}"
+            if recorder is not None:
+                row = recorder.flush()[-1]
+                line += f"  alpha {row['alpha']:.3g}  global grad std {row['global_std']:.3g}"
+            tqdm.write(line, file=sys.stdout)
+    curves["seconds"] = time.perf_counter() - start
+    return curves, recorder
+
+
+def plot(path, results, recorders, model_name):
+    """The gradient dynamics of the GAN run and every method's test accuracy, in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = "gan" if "gan" in recorders else next(iter(recorders), None)
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    (layers, scale), (coherence, accuracy_ax) = axes
+    if shown is not None:
+        recorder = recorders[shown]
+        steps = recorder.column("step")
+        names = recorder.names
+        colors = plt.cm.viridis([i / max(len(names) - 1, 1) for i in range(len(names))])
+        for name, color in zip(names, colors):
+            layers.plot(steps, recorder.column(f"std/{name}"), color=color, lw=0.8, label=name)
+        layers.plot(steps, recorder.column("global_std"), color="red", lw=2, label="global")
+        layers.set(yscale="log", xlabel="step", ylabel="gradient std",
+                   title=f"{shown}: layer-wise gradient std (input layer dark, output layer yellow)")
+        if len(names) <= 16:
+            layers.legend(fontsize=6, ncol=2)
+        scale.plot(steps, recorder.column("global_std"), color="red", label="global std sigma")
+        scale.plot(steps, recorder.column("alpha"), color="black", label="alpha")
+        scale.set(yscale="log", xlabel="step", title=f"{shown}: global gradient std and alpha")
+        scale.legend()
+    for method, recorder in recorders.items():
+        values = recorder.column("coherence")
+        if any(v == v for v in values):
+            coherence.plot(recorder.column("step"), values, lw=0.8, label=method)
+    coherence.axhline(0.0, color="gray", lw=0.5)
+    coherence.set(xlabel="step", ylabel="cos(g_t, g_t-1)", title="gradient coherence of consecutive steps")
+    if recorders:
+        coherence.legend()
+    for method, curves in results.items():
+        epochs = range(1, len(curves["test_accuracy"]) + 1)
+        accuracy_ax.plot(epochs, curves["test_accuracy"], marker="o", label=method)
+    accuracy_ax.set(xlabel="epoch", ylabel="test accuracy", title=f"{model_name}: test accuracy per method")
+    accuracy_ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def comparison_table(results):
+    lines = [f"{'method':<7} {'final acc':>9} {'best acc':>9} {'final loss':>10} {'seconds':>8}"]
+    for method, c in results.items():
+        lines.append(f"{method:<7} {c['test_accuracy'][-1]:>9.4f} {max(c['test_accuracy']):>9.4f} {c['loss'][-1]:>10.4f} {c['seconds']:>8.1f}")
+    return "\n".join(lines)
 
 
 def main(argv=None):
-    """Train and evaluate the model; return the final test accuracy."""
+    """Run the comparison; return {method: final test accuracy}."""
     args = parse_args(argv)
-    torch.manual_seed(args.seed)
+    try:
+        check_args(args)
+        images, augmented = load(args)
+    except UsageError as error:
+        sys.exit(f"train.py: error: {error}")
     device = torch.device(args.device)
+    print(f"{args.model} on {args.dataset} ({len(images.train_y)} train, {len(images.test_y)} test), "
+          f"{args.epochs} epochs, methods {', '.join(args.methods)}, device {device}")
+    results, recorders = {}, {}
+    for method in args.methods:
+        results[method], recorder = train_method(method, args, images, augmented, device)
+        if recorder is not None:
+            recorders[method] = recorder
+    print(comparison_table(results))
 
-    x_train, y_train, x_test, y_test = load_data(args.seed, device)
-    model = make_model().to(device)
-    opt = make_optimizer(model, args.method, args.lr, args.weight_decay)
-    shuffle = torch.Generator().manual_seed(args.seed)
-
-    print(f"method={args.method} train={len(y_train)} test={len(y_test)} device={device}")
-    start = time.perf_counter()
-    for epoch in range(1, args.epochs + 1):
-        loss = train_epoch(model, opt, x_train, y_train, args.batch_size, shuffle)
-        acc = evaluate(model, x_test, y_test)
-        line = f"epoch {epoch:2d}  loss {loss:.4f}  test acc {acc:.4f}"
-        if isinstance(opt, GAN) and opt.last_stats is not None:
-            stats = opt.last_stats
-            line += f"  alpha {stats.alpha.item():.4g}  grad std {stats.global_std.item():.4g}"
-        print(line)
-    print(f"final test acc {acc:.4f} in {time.perf_counter() - start:.1f}s")
-    return acc
+    args.out.mkdir(parents=True, exist_ok=True)
+    metrics = {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "final_accuracy": {m: c["test_accuracy"][-1] for m, c in results.items()},
+        "best_accuracy": {m: max(c["test_accuracy"]) for m, c in results.items()},
+        "curves": results,
+    }
+    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    for method, recorder in recorders.items():
+        recorder.write_csv(args.out / f"gradients_{method}.csv")
+    plot(args.out / "dynamics.png", results, recorders, args.model)
+    print(f"wrote {args.out / 'metrics.json'}, {args.out / 'dynamics.png'} and the gradient CSVs")
+    return metrics["final_accuracy"]
 
 
 if __name__ == "__main__":
