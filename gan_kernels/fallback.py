@@ -116,13 +116,13 @@ def tensor_stats(tensors: list[Tensor], acc: torch.dtype) -> tuple[Tensor, Tenso
 
 
 def finalize(
-    counts: list[int], means: Tensor, m2: Tensor, state: GANState, mode: str
+    counts: Tensor, means: Tensor, m2: Tensor, state: GANState, mode: str
 ) -> tuple[GANStats, Tensor, Tensor]:
-    """Turn per-tensor statistics into the step's stats and update ``state``.
+    """Turn per-tensor statistics into the step's stats and update ``state``, on the device.
 
     Args:
-        counts: the k tensors' sizes.
-        means, m2: shape (k,), one floating dtype: per-tensor means and sums of squared deviations.
+        counts, means, m2: shape (k,), one floating dtype: per-tensor sizes, means and sums of
+            squared deviations about the means.
         state: ``exponent`` and ``step`` are updated in place, unless the step is non-finite.
         mode: ``"gan"``, ``"gc"`` or ``"znorm"``.
 
@@ -130,17 +130,16 @@ def finalize(
         ``(stats, shift, scale)``: the apply computes ``(g_i - shift[i]) * scale[i]``, both (k,).
         On a non-finite step shift is 0 and scale 1, which leaves every element as it was.
     """
-    total = sum(counts)
-    n = _device_tensor(counts, means.device, means.dtype)
-    sigma = torch.sqrt(m2.sum() / (total - 1)) if total > 1 else means.new_zeros(())
-    stds = torch.where(n > 1, torch.sqrt(m2 / (n - 1).clamp(min=1)), 0.0)
+    total = counts.sum()
+    sigma = torch.where(total > 1, torch.sqrt(m2.sum() / (total - 1).clamp(min=1)), 0.0)
+    stds = torch.where(counts > 1, torch.sqrt(m2 / (counts - 1).clamp(min=1)), 0.0)
     nonfinite = ~(torch.isfinite(sigma) & torch.isfinite(means).all())
     alpha, exponent = autoscale(sigma, state.exponent)
     state.exponent.copy_(torch.where(nonfinite, state.exponent, exponent))
     state.step.add_((~nonfinite).to(state.step.dtype))
 
     if mode == "gan":
-        scale = alpha.expand(len(counts))
+        scale = alpha.expand(len(means))
     elif mode == "znorm":
         scale = 1.0 / (stds + ZNORM_EPS)
     else:
@@ -200,22 +199,40 @@ def apply_host_(tensors: list[Tensor], shift: Tensor, scale: Tensor, mode: str) 
             tile.copy_(work)
 
 
+def statistics(
+    grads: list[Tensor], groups: dict[torch.dtype, list[int]], acc: torch.dtype, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-tensor ``(counts, means, m2)`` of ``grads`` (dtype groups: dtype -> indices), each of
+    shape (k,) in ``acc``, on ``device`` (the gradients'). Reads only."""
+    means = torch.zeros(len(grads), dtype=acc, device=device)
+    m2 = torch.zeros_like(means)
+    for indices in groups.values():
+        index = _device_tensor(indices, device)
+        group_means, group_m2 = tensor_stats([grads[i] for i in indices], acc)
+        means.index_copy_(0, index, group_means)
+        m2.index_copy_(0, index, group_m2)
+    return _device_tensor([g.numel() for g in grads], device, acc), means, m2
+
+
+def apply_all_(
+    grads: list[Tensor], groups: dict[torch.dtype, list[int]], stats: GANStats, shift: Tensor, scale: Tensor, mode: str
+) -> None:
+    """``(g_i - shift[i]) * scale[i]`` in place for every gradient: on the CPU one fused pass per
+    tensor and nothing at all on a non-finite step; elsewhere the device-side apply."""
+    if not grads:
+        return
+    on_host = grads[0].device.type == "cpu"
+    if on_host and stats.nonfinite.item():
+        return
+    apply_ = apply_host_ if on_host else apply_device_
+    for indices in groups.values():
+        index = _device_tensor(indices, shift.device)
+        apply_([grads[i] for i in indices], shift[index], scale[index], mode)
+
+
 def gan_(grads: list[Tensor], groups: dict[torch.dtype, list[int]], state: GANState, mode: str) -> GANStats:
     """One GAN step over validated ``grads`` grouped by dtype (``groups``: dtype -> indices)."""
-    device = state.device
-    stat_dtype = stats_dtype(grads)
-    index = {dtype: _device_tensor(indices, device) for dtype, indices in groups.items()}
-    means = torch.zeros(len(grads), dtype=stat_dtype, device=device)
-    m2 = torch.zeros_like(means)
-    for dtype, indices in groups.items():
-        group_means, group_m2 = tensor_stats([grads[i] for i in indices], stat_dtype)
-        means.index_copy_(0, index[dtype], group_means)
-        m2.index_copy_(0, index[dtype], group_m2)
-    stats, shift, scale = finalize([g.numel() for g in grads], means, m2, state, mode)
-    on_host = device.type == "cpu"
-    if on_host and stats.nonfinite.item():
-        return stats
-    apply_ = apply_host_ if on_host else apply_device_
-    for dtype, indices in groups.items():
-        apply_([grads[i] for i in indices], shift[index[dtype]], scale[index[dtype]], mode)
+    counts, means, m2 = statistics(grads, groups, stats_dtype(grads), state.device)
+    stats, shift, scale = finalize(counts, means, m2, state, mode)
+    apply_all_(grads, groups, stats, shift, scale, mode)
     return stats
