@@ -11,7 +11,7 @@ from torch import Tensor
 
 from . import fallback
 from .state import GANState, GANStats
-from .validation import check_grads, check_mode, check_state
+from .validation import as_list, check_grads, check_mode, check_state, is_dtensor
 
 BACKENDS = ("auto", "torch", "triton")
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -80,6 +80,8 @@ def gan_(
             fallback), ``"torch"`` (the multi-tensor PyTorch fallback) or ``"triton"`` (the kernels,
             or a ``ValueError`` where they cannot run; on CPU tensors they run only under
             ``TRITON_INTERPRET=1``). A list holding float64 tensors always takes the fallback.
+            DTensor gradients (FSDP2) go to :func:`gan_kernels.distributed.gan_sharded_`, which
+            gives every rank the result of the unsharded gradients.
 
     Returns:
         :class:`GANStats` with 0-d ``alpha``, ``global_std``, ``nonfinite`` and (k,) ``means``,
@@ -89,6 +91,18 @@ def gan_(
         TypeError / ValueError: for bad input (SPEC §3), naming the offending index, before anything
         is modified.
     """
+    if torch.compiler.is_compiling():
+        return _traced_gan_(grads, state, mode, backend)
+    return _eager_gan_(grads, state, mode, backend)
+
+
+def _eager_gan_(grads: Sequence[Tensor], state: GANState | None, mode: str, backend: str) -> GANStats:
+    grads = as_list(grads)
+    if any(is_dtensor(g) for g in grads):
+        from .distributed import gan_dtensors_
+
+        check_backend(backend)
+        return gan_dtensors_(grads, state, check_mode(mode))
     grads = check_grads(grads)
     mode = check_mode(mode)
     check_backend(backend)
@@ -101,3 +115,40 @@ def gan_(
 
             return launch.gan_(grads, state, mode)
         return fallback.gan_(grads, group_by_dtype(grads), state, mode)
+
+
+@torch.library.custom_op("gan_kernels::gan_step", mutates_args=("grads", "exponent", "step"))
+def gan_step(
+    grads: list[Tensor], exponent: Tensor, step: Tensor, gan_mode: str, gan_backend: str
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``gan_`` as a PyTorch operator, for ``torch.compile``: the GANState travels as its two
+    tensors (mutated in place, like the gradients) and the GANStats come back as a tuple. (The
+    string arguments are not called ``mode``: that name is taken inside torch's dispatch.)"""
+    device = grads[0].device if grads else exponent.device
+    if exponent.device != device or step.device != device:
+        raise ValueError(
+            f"the GANState is on {exponent.device} but the gradients are on {device}; "
+            f"under torch.compile create it there: GANState(device={str(device)!r})"
+        )
+    return tuple(_eager_gan_(grads, GANState.wrap(exponent, step), gan_mode, gan_backend))
+
+
+@gan_step.register_fake
+def _(grads, exponent, step, gan_mode, gan_backend):
+    device = grads[0].device if grads else exponent.device
+    dtype = torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
+    scalar = grads[0].new_empty((), dtype=dtype) if grads else exponent.new_empty((), dtype=dtype)
+    vector = scalar.new_empty((len(grads),))
+    return scalar, scalar.new_empty(()), vector, vector.new_empty((len(grads),)), torch.empty((), dtype=torch.bool, device=device)
+
+
+def _traced_gan_(grads: Sequence[Tensor], state: GANState | None, mode: str, backend: str) -> GANStats:
+    """What ``gan_`` traces to under ``torch.compile``: one call of the ``gan_step`` operator,
+    whose implementation validates the real tensors and runs the eager path."""
+    check_mode(mode)
+    check_backend(backend)
+    grads = list(grads)
+    if state is None:
+        state = GANState(device=grads[0].device if grads else None)
+    state = check_state(state)
+    return GANStats(*torch.ops.gan_kernels.gan_step(grads, state.exponent, state.step, mode, backend))

@@ -66,12 +66,19 @@ class GAN(torch.optim.Optimizer):
         self.backend = check_backend(backend)
         self.eligible = eligible or default_eligible
         self.gan_state = GANState()
-        self.last_stats: GANStats | None = None
+        # A dict entry rather than an attribute: torch.compile replays the item assignment made in
+        # a compiled step, where it drops an attribute assignment on the optimizer object.
+        self._last: dict[str, GANStats] = {}
         # Optimizer.__init__ would build param groups of its own; the wrapper owns none, so it sets
         # up only the hook registries and the step profiling wrapper that Optimizer's API relies on.
         for name in _HOOK_REGISTRIES:
             setattr(self, name, OrderedDict())
         self._patch_step_function()
+
+    @property
+    def last_stats(self) -> GANStats | None:
+        """The :class:`GANStats` of the last step, ``None`` before the first."""
+        return self._last.get("stats")
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
@@ -116,7 +123,7 @@ class GAN(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self.last_stats = gan_(self.eligible_grads(), self.gan_state, mode=self.mode, backend=self.backend)
+        self._last["stats"] = gan_(self.eligible_grads(), self.gan_state, mode=self.mode, backend=self.backend)
         self.optimizer.step()
         return loss
 

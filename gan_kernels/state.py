@@ -45,6 +45,13 @@ class GANState:
         self.exponent = torch.full((), math.nan, dtype=torch.float64, device=device)
         self.step = torch.zeros((), dtype=torch.int64, device=device)
 
+    @classmethod
+    def wrap(cls, exponent: Tensor, step: Tensor) -> GANState:
+        """A GANState over existing tensors (no copy): updates land in ``exponent`` and ``step``."""
+        state = cls.__new__(cls)
+        state.exponent, state.step = exponent, step
+        return state
+
     @property
     def device(self) -> torch.device:
         return self.exponent.device
