@@ -33,6 +33,21 @@ def _byte_range(t: Tensor) -> tuple[int, int]:
     return start, start + (last + 1) * t.element_size()
 
 
+def as_list(grads: Iterable[Tensor]) -> list[Tensor]:
+    """``grads`` as a list; a single tensor or a non-iterable is a ``TypeError``."""
+    if isinstance(grads, Tensor):
+        raise TypeError("grads must be a sequence of tensors, not a single Tensor; wrap it in a list")
+    try:
+        return list(grads)
+    except TypeError:
+        raise TypeError(f"grads must be a sequence of tensors, got {type(grads).__name__}") from None
+
+
+def is_dtensor(t: object) -> bool:
+    """Whether ``t`` is a DTensor (sharded across ranks), without importing torch.distributed early."""
+    return type(t).__name__ == "DTensor" and type(t).__module__.startswith("torch.distributed")
+
+
 def check_grads(grads: Iterable[Tensor]) -> list[Tensor]:
     """Validate a list of gradients and return it as a list.
 
@@ -41,12 +56,7 @@ def check_grads(grads: Iterable[Tensor]) -> list[Tensor]:
     since each is transformed in place exactly once. Raises ``TypeError`` / ``ValueError`` naming the
     offending index; modifies nothing.
     """
-    if isinstance(grads, Tensor):
-        raise TypeError("grads must be a sequence of tensors, not a single Tensor; wrap it in a list")
-    try:
-        grads = list(grads)
-    except TypeError:
-        raise TypeError(f"grads must be a sequence of tensors, got {type(grads).__name__}") from None
+    grads = as_list(grads)
     for i, g in enumerate(grads):
         if not isinstance(g, Tensor):
             raise TypeError(f"grads[{i}] is a {type(g).__name__}, not a torch.Tensor")

@@ -1,0 +1,110 @@
+"""GAN over sharded gradients (FSDP2 / DTensor, or ZeRO-style flat shards), on torch.distributed.
+
+With DDP nothing is needed: gradients are all-reduced before ``optimizer.step()``, so every rank
+transforms identical gradients and gets identical results. With sharded gradients each rank holds
+only part of each tensor. Then every rank computes the partials of its own parts (count, mean, M2
+about that mean, per tensor), one ``all_gather`` brings everyone's partials to every rank, each
+rank combines them in rank order with Chan's formula — so all ranks hold the same per-tensor means,
+the same sigma and the same alpha, those of the unsharded gradients — and applies them to its own
+parts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from . import fallback
+from .state import GANState, GANStats
+from .validation import check_grads, check_mode, check_state, stats_dtype
+
+
+def _group_dtype_indices(shards: list[Tensor]) -> dict[torch.dtype, list[int]]:
+    groups: dict[torch.dtype, list[int]] = {}
+    for i, g in enumerate(shards):
+        groups.setdefault(g.dtype, []).append(i)
+    return groups
+
+
+def check_process_group(process_group) -> None:
+    """Raise unless torch.distributed is initialised and this process belongs to ``process_group``."""
+    if not dist.is_available() or not dist.is_initialized():
+        raise ValueError("sharded GAN needs torch.distributed to be initialised (init_process_group)")
+    if process_group is not None and dist.get_rank() not in dist.get_process_group_ranks(process_group):
+        raise ValueError(
+            f"this process (global rank {dist.get_rank()}) is not in process_group "
+            f"(ranks {dist.get_process_group_ranks(process_group)}); pass the group that shards the gradients"
+        )
+
+
+@torch.no_grad()
+def gan_sharded_(
+    shards: Sequence[Tensor],
+    state: GANState | None = None,
+    *,
+    mode: str = "gan",
+    process_group: dist.ProcessGroup | None = None,
+) -> GANStats:
+    """GAN on gradients sharded across the ranks of ``process_group``, in place on this rank's parts.
+
+    Args:
+        shards: this rank's part of each of the k gradients, in the same order on every rank; any
+            shapes (flat slices are typical), possibly empty, every rank listing the same k tensors.
+            Each element of a gradient must live on exactly one rank.
+        state: the :class:`GANState`; every rank updates its own copy identically.
+        mode: ``"gan"``, ``"gc"`` or ``"znorm"``.
+        process_group: the group the gradients are sharded over (default: the whole world).
+
+    Returns:
+        :class:`GANStats` of the unsharded gradients, identical on every rank. One collective
+        (an ``all_gather`` of 3k float64 values per rank); no other host synchronisation beyond
+        what the backend's collective needs.
+    """
+    check_process_group(process_group)
+    shards = check_grads(shards)
+    mode = check_mode(mode)
+    state = check_state(state)
+    device = shards[0].device if shards else state.device
+    state.to_(device)
+    groups = _group_dtype_indices(shards)
+    acc = stats_dtype(shards)
+
+    counts, means, m2 = fallback.statistics(shards, groups, acc, device)
+    local = torch.stack([counts, means, m2], dim=1).to(torch.float64)
+    world = dist.get_world_size(process_group)
+    gathered = [torch.empty_like(local) for _ in range(world)]
+    dist.all_gather(gathered, local, group=process_group)
+    rank_counts, rank_means, rank_m2 = torch.stack(gathered).unbind(dim=2)
+
+    total = rank_counts.sum(dim=0)
+    mean = (rank_counts * rank_means).sum(dim=0) / total.clamp(min=1)
+    spread = torch.where(rank_counts > 0, rank_counts * (rank_means - mean) ** 2, 0.0)
+    m2_total = rank_m2.sum(dim=0) + spread.sum(dim=0)
+
+    stats, shift, scale = fallback.finalize(total.to(acc), mean.to(acc), m2_total.to(acc), state, mode)
+    fallback.apply_all_(shards, groups, stats, shift, scale, mode)
+    return stats
+
+
+def gan_dtensors_(grads: list, state: GANState | None, mode: str) -> GANStats:
+    """GAN on DTensor gradients (as FSDP2 holds them): each sharded along one dimension of a
+    one-dimensional device mesh; the mesh's process group carries the one collective."""
+    from torch.distributed.tensor import DTensor, Shard
+
+    mesh = None
+    for i, g in enumerate(grads):
+        if not isinstance(g, DTensor):
+            raise TypeError(f"grads[{i}] is a {type(g).__name__} but grads[0] is a DTensor; pass all or none as DTensors")
+        if g.device_mesh.ndim != 1 or not all(isinstance(p, Shard) for p in g.placements):
+            raise ValueError(
+                f"grads[{i}] has placements {tuple(g.placements)} on a {g.device_mesh.ndim}-D mesh; "
+                "only Shard(dim) on a 1-D mesh is supported (Replicate would count each element on every rank)"
+            )
+        if mesh is None:
+            mesh = g.device_mesh
+        elif g.device_mesh != mesh:
+            raise ValueError(f"grads[{i}] is on a different device mesh than grads[0]")
+    return gan_sharded_([g.to_local() for g in grads], state, mode=mode, process_group=mesh.get_group())
