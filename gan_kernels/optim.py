@@ -65,7 +65,9 @@ class GAN(torch.optim.Optimizer):
         self.mode = check_mode(mode)
         self.backend = check_backend(backend)
         self.eligible = eligible or default_eligible
-        self.gan_state = GANState()
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        # On the parameters' device from the start, so that a compiled first step finds it there.
+        self.gan_state = GANState(device=params[0].device if params else None)
         # A dict entry rather than an attribute: torch.compile replays the item assignment made in
         # a compiled step, where it drops an attribute assignment on the optimizer object.
         self._last: dict[str, GANStats] = {}

@@ -68,6 +68,10 @@ def worker(rank, init_file, results):
         except ValueError as error:
             out["replicate_error"] = str(error)
         out["replicate_untouched"] = all(torch.equal(r.to_local(), b) for r, b in zip(replicated, before))
+        try:
+            gan_([distribute_tensor(full_grads()[0], mesh, [Shard(0)]), torch.randn(3)])
+        except TypeError as error:
+            out["mixed_error"] = str(error)
         only_rank0 = dist.new_group([0])
         if rank == 1:
             shards = [g.reshape(-1) for g in full_grads()]
@@ -146,6 +150,7 @@ def test_bad_distributed_input_changes_nothing(ranks):
     for out in ranks:
         assert "only Shard(dim) on a 1-D mesh is supported" in out["replicate_error"]
         assert out["replicate_untouched"]
+        assert "grads[1] is a Tensor but grads[0] is a DTensor" in out["mixed_error"]
     assert "not in process_group" in ranks[1]["group_error"]
 
 

@@ -104,3 +104,55 @@ def test_a_tensor_past_two_to_the_31_elements():
     assert abs(stats.means[0].item() - expected_mean) < 1e-6
     assert g[-1].item() == pytest.approx(2.0 - expected_mean, abs=1e-3)
     assert g[0].item() == pytest.approx(1.0 - expected_mean, abs=1e-6)
+
+
+def test_capture_a_whole_training_step():
+    """The README's CUDA-graph recipe: forward, backward and GAN.step with a capturable AdamW,
+    captured once and replayed on new batches, against the same steps run eagerly."""
+    import copy
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)).cuda()
+    opt = GAN(torch.optim.AdamW(model.parameters(), lr=1e-3, capturable=True))
+    static_x = torch.randn(16, 32, device="cuda")
+    static_y = torch.randint(0, 10, (16,), device="cuda")
+
+    def train_step():
+        opt.zero_grad(set_to_none=False)
+        loss = torch.nn.functional.cross_entropy(model(static_x), static_y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            train_step()
+    torch.cuda.current_stream().wait_stream(stream)
+
+    twin = copy.deepcopy(model)
+    twin_opt = GAN(torch.optim.AdamW(twin.parameters(), lr=1e-3, capturable=True))
+    twin_opt.load_state_dict(opt.state_dict())
+
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_loss = train_step()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for seed in range(3):
+            generator = torch.Generator(device="cuda").manual_seed(seed)
+            x = torch.randn(16, 32, device="cuda", generator=generator)
+            y = torch.randint(0, 10, (16,), device="cuda", generator=generator)
+            static_x.copy_(x)
+            static_y.copy_(y)
+            graph.replay()
+            twin_opt.zero_grad(set_to_none=False)
+            torch.nn.functional.cross_entropy(twin(x), y).backward()
+            twin_opt.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert torch.equal(opt.gan_state.step, twin_opt.gan_state.step)
+    assert static_loss.isfinite()
