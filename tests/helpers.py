@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import torch
 from torch import Tensor
 
@@ -102,3 +105,12 @@ def check_steps_against_exact(run, grads: list[Tensor], mode: str = "gan", steps
         assert state.step.item() == exact_state.step.item()
         torch.testing.assert_close(state.exponent.cpu(), exact_state.exponent.cpu(), rtol=1e-6, atol=0, equal_nan=True)
         grads = clone_all(inputs)
+
+
+def load_example(name: str):
+    """Import ``examples/<name>.py`` by path (the examples folder is not a package)."""
+    path = Path(__file__).resolve().parent.parent / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"examples_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,22 +1,17 @@
 """The README's main job: a one-epoch smoke run of examples/train.py, and its bad-input errors."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+
+from tests.helpers import load_example
 
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 
-DEMO = Path(__file__).resolve().parent.parent / "examples" / "train.py"
-
 
 def load_demo():
-    spec = importlib.util.spec_from_file_location("demo_train", DEMO)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("train")
 
 
 def test_one_epoch_writes_metrics_figure_and_gradient_logs(tmp_path, capsys):

@@ -1,24 +1,14 @@
 """The example data helpers (examples/data.py): digits, a tiny on-disk CIFAR-100, augmentation."""
 
-import importlib.util
 import io
 import pickle
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-
-def load_example(name):
-    """Import ``examples/<name>.py`` by path (the examples folder is not a package)."""
-    path = Path(__file__).resolve().parent.parent / "examples" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"examples_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from tests.helpers import load_example
 
 data = load_example("data")
 

@@ -1,24 +1,12 @@
 """The example models (examples/models.py): forward shapes, parameter shapes, option-A shortcuts."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
 
 from benchmarks.shapes import cifar_resnet as resnet_shapes
 from benchmarks.shapes import cifar_vgg16_bn as vgg_shapes
-
-
-def load_example(name):
-    """Import ``examples/<name>.py`` by path (the examples folder is not a package)."""
-    path = Path(__file__).resolve().parent.parent / "examples" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"examples_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from tests.helpers import load_example
 
 models = load_example("models")
 
