@@ -19,14 +19,7 @@ from torch import Tensor
 
 from . import fallback
 from .state import GANState, GANStats
-from .validation import check_grads, check_mode, check_state, stats_dtype
-
-
-def _group_dtype_indices(shards: list[Tensor]) -> dict[torch.dtype, list[int]]:
-    groups: dict[torch.dtype, list[int]] = {}
-    for i, g in enumerate(shards):
-        groups.setdefault(g.dtype, []).append(i)
-    return groups
+from .validation import check_grads, check_mode, check_state, group_by_dtype, stats_dtype
 
 
 def check_process_group(process_group) -> None:
@@ -69,7 +62,7 @@ def gan_sharded_(
     state = check_state(state)
     device = shards[0].device if shards else state.device
     state.to_(device)
-    groups = _group_dtype_indices(shards)
+    groups = group_by_dtype(shards)
     acc = stats_dtype(shards)
 
     counts, means, m2 = fallback.statistics(shards, groups, acc, device)

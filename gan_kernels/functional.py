@@ -11,7 +11,7 @@ from torch import Tensor
 
 from . import fallback
 from .state import GANState, GANStats
-from .validation import as_list, check_grads, check_mode, check_state, is_dtensor
+from .validation import as_list, check_grads, check_mode, check_state, group_by_dtype, is_dtensor
 
 BACKENDS = ("auto", "torch", "triton")
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -45,14 +45,6 @@ def _use_triton(grads: list[Tensor], backend: str) -> bool:
     # The kernels take float32/float16/bfloat16; a list with float64 keeps float64 statistics on
     # the fallback.
     return all(g.dtype in TRITON_DTYPES for g in grads)
-
-
-def group_by_dtype(grads: list[Tensor]) -> dict[torch.dtype, list[int]]:
-    """Indices of ``grads`` per dtype, in order of first appearance."""
-    groups: dict[torch.dtype, list[int]] = {}
-    for i, g in enumerate(grads):
-        groups.setdefault(g.dtype, []).append(i)
-    return groups
 
 
 def gan_(

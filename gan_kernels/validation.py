@@ -81,6 +81,14 @@ def check_grads(grads: Iterable[Tensor]) -> list[Tensor]:
     return grads
 
 
+def group_by_dtype(grads: list[Tensor]) -> dict[torch.dtype, list[int]]:
+    """Indices of ``grads`` per dtype, in order of first appearance."""
+    groups: dict[torch.dtype, list[int]] = {}
+    for i, g in enumerate(grads):
+        groups.setdefault(g.dtype, []).append(i)
+    return groups
+
+
 def stats_dtype(grads: list[Tensor]) -> torch.dtype:
     """The dtype every statistic of a step accumulates in: float64 when any gradient is float64
     (so that float64 results keep float64 accuracy, sigma pooling all tensors), else float32."""

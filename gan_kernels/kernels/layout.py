@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..validation import group_by_dtype
+
 TILE_BYTES = 16384
 CACHE_SIZE = 8
 
@@ -77,10 +79,7 @@ _cache: OrderedDict[tuple, Layout] = OrderedDict()
 
 
 def _build(tensors: list[Tensor], device: torch.device) -> Layout:
-    groups: dict[torch.dtype, list[int]] = {}
-    for i, t in enumerate(tensors):
-        groups.setdefault(t.dtype, []).append(i)
-
+    groups = group_by_dtype(tensors)
     numels = torch.tensor([t.numel() for t in tensors], dtype=torch.int64)
     tile_elems = torch.tensor([tile_elements(t.dtype) for t in tensors], dtype=torch.int64)
     tiles = (numels + tile_elems - 1) // tile_elems
