@@ -90,7 +90,7 @@ def gan_dtensors_(grads: list, state: GANState | None, mode: str) -> GANStats:
     mesh = None
     for i, g in enumerate(grads):
         if not isinstance(g, DTensor):
-            raise TypeError(f"grads[{i}] is a {type(g).__name__} but grads[0] is a DTensor; pass all or none as DTensors")
+            raise TypeError(f"grads[{i}] is a {type(g).__name__} among DTensor gradients; pass all or none as DTensors")
         if g.device_mesh.ndim != 1 or not all(isinstance(p, Shard) for p in g.placements):
             raise ValueError(
                 f"grads[{i}] has placements {tuple(g.placements)} on a {g.device_mesh.ndim}-D mesh; "
