@@ -11,6 +11,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .tiles import locate_tile
+
 GAN = tl.constexpr(0)
 GC = tl.constexpr(1)
 ZNORM = tl.constexpr(2)
@@ -44,11 +46,7 @@ def apply_kernel(
     BLOCK: tl.constexpr,
 ):
     if tl.load(nonfinite) == 0:
-        tile = tl.program_id(0).to(tl.int64)
-        t = tl.load(tile_tensor + tile)
-        start = (tile - tl.load(first_tile + t)) * BLOCK
-        n = tl.load(numels + t)
-        base = tl.multiple_of(tl.load(ptrs + t).to(tl.pointer_type(DTYPE)), 16)
+        t, start, n, base = locate_tile(ptrs, numels, first_tile, tile_tensor, DTYPE, BLOCK)
         slot = tl.load(index + t)
         mean = tl.load(means + slot)
         scale = tl.load(alpha)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .tiles import locate_tile
+
 SINGLE_READ = tl.constexpr(0)
 TILE_SUMS = tl.constexpr(1)
 DEVIATIONS = tl.constexpr(2)
@@ -40,11 +42,7 @@ def tile_stats_kernel(
     DTYPE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    tile = tl.program_id(0).to(tl.int64)
-    t = tl.load(tile_tensor + tile)
-    start = (tile - tl.load(first_tile + t)) * BLOCK
-    n = tl.load(numels + t)
-    base = tl.multiple_of(tl.load(ptrs + t).to(tl.pointer_type(DTYPE)), 16)
+    t, start, n, base = locate_tile(ptrs, numels, first_tile, tile_tensor, DTYPE, BLOCK)
     offs = tl.arange(0, BLOCK)
     count = tl.minimum(n - start, BLOCK).to(tl.float32)
     if start + BLOCK <= n:
@@ -54,7 +52,7 @@ def tile_stats_kernel(
     else:
         inside = start + offs < n
         x = tl.load(base + start + offs, mask=inside, other=0.0).to(tl.float32)
-    slot = part_offset + tile
+    slot = part_offset + tl.program_id(0).to(tl.int64)
     if FORM == TILE_SUMS:
         tl.store(part_means + slot, tl.sum(x, axis=0) / count)
     else:
