@@ -188,10 +188,10 @@ def apply_host_(tensors: list[Tensor], shift: Tensor, scale: Tensor, mode: str) 
             continue
         if scratch is None:
             scratch = torch.empty(min(TILE, max(x.numel() for x in tensors)), dtype=acc)
-        flat = t.view(-1) if t.is_contiguous() else None
-        if flat is None:
+        if not t.is_contiguous():
             t.copy_(torch.add(offset, t.to(acc), alpha=a))
             continue
+        flat = t.view(-1)
         for start in range(0, flat.numel(), TILE):
             tile = flat[start : start + TILE]
             work = scratch[: tile.numel()]
