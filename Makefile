@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 TEST_PINS ?= triton==3.8.0
 
-.PHONY: install demo test bench aot clean
+.PHONY: install demo test bench aot mutants clean
 
 $(PYTHON):
 	python3 -m venv $(VENV)
@@ -26,6 +26,10 @@ bench: install
 
 aot: install
 	$(PYTHON) -m gan_kernels.kernels.aot --arch 90
+
+# Plant known bugs one at a time and check that the tests catch each (slow; not part of `test`).
+mutants: install
+	$(PYTHON) tests/mutation_check.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis .benchmarks

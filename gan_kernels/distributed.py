@@ -59,7 +59,7 @@ def gan_sharded_(
     check_process_group(process_group)
     shards = check_grads(shards)
     mode = check_mode(mode)
-    state = check_state(state)
+    state = check_state(state, shards[0].device if shards else None)
     device = shards[0].device if shards else state.device
     state.to_(device)
     groups = group_by_dtype(shards)

@@ -11,8 +11,9 @@ memory, with two-pass numerics:
 The apply computes ``(g - shift) * scale`` in place, rounded once into each tensor's dtype (float16
 and bfloat16 through float32). On the CPU, where reading a scalar on the host costs nothing, each
 tensor takes one fused pass; on an accelerator the factors stay on the device and
-``torch._foreach_*`` ops cover the whole list, with shift 0 and scale 1 on a non-finite step so
-that every element stays bit-for-bit as it was without a host-side branch.
+``torch._foreach_*`` ops cover the whole list, each result written through a ``torch.where`` on
+the non-finite flag, so that a non-finite step leaves every bit as it was without a host-side
+branch.
 """
 
 from __future__ import annotations
@@ -127,8 +128,8 @@ def finalize(
         mode: ``"gan"``, ``"gc"`` or ``"znorm"``.
 
     Returns:
-        ``(stats, shift, scale)``: the apply computes ``(g_i - shift[i]) * scale[i]``, both (k,).
-        On a non-finite step shift is 0 and scale 1, which leaves every element as it was.
+        ``(stats, shift, scale)``: the apply computes ``(g_i - shift[i]) * scale[i]``, both (k,),
+        on finite steps only (``stats.nonfinite`` False).
     """
     total = counts.sum()
     sigma = torch.where(total > 1, torch.sqrt(m2.sum() / (total - 1).clamp(min=1)), 0.0)
@@ -146,26 +147,27 @@ def finalize(
         scale = torch.ones_like(means)
     if mode != "gan":
         alpha = torch.ones_like(alpha)
-    shift = torch.where(nonfinite, 0.0, means)
-    scale = torch.where(nonfinite, 1.0, scale)
     stats = GANStats(alpha=alpha, global_std=sigma, means=means, stds=stds, nonfinite=nonfinite)
-    return stats, shift, scale
+    return stats, means, scale
 
 
-def apply_device_(tensors: list[Tensor], shift: Tensor, scale: Tensor, mode: str) -> None:
-    """In place, ``g_i = (g_i - shift[i]) * scale[i]`` with the factors left on the device.
+def apply_device_(tensors: list[Tensor], shift: Tensor, scale: Tensor, keep: Tensor, mode: str) -> None:
+    """In place, ``g_i = (g_i - shift[i]) * scale[i]`` where ``keep`` is True, with every factor and
+    the flag left on the device.
 
     For accelerators, where reading a factor on the host would synchronise: ``torch._foreach_*``
-    ops over the list, two passes. float16/bfloat16 are computed in float32 and rounded once.
-    ``tensors`` share one dtype; ``shift`` and ``scale`` have shape (len(tensors),).
+    ops over the list compute the results in the arithmetic dtype (float32 for float16/bfloat16),
+    and each tensor is written through ``torch.where(keep, result, g)`` in its own dtype, so that a
+    non-finite step (``keep`` False) leaves every bit as it was, NaN payloads included (arithmetic
+    or a round trip through float32 would canonicalise them). ``tensors`` share one dtype;
+    ``shift`` and ``scale`` have shape (len(tensors),); ``keep`` is a 0-d bool tensor.
     """
-    reduced = arithmetic_dtype(tensors[0].dtype) != tensors[0].dtype
-    work = [t.float() for t in tensors] if reduced else tensors
-    torch._foreach_sub_(work, list(shift.unbind()))
+    acc = arithmetic_dtype(tensors[0].dtype)
+    work = torch._foreach_sub([t.to(acc) for t in tensors], list(shift.unbind()))
     if mode != "gc":
         torch._foreach_mul_(work, list(scale.unbind()))
-    if reduced:
-        torch._foreach_copy_(tensors, work)
+    for t, w in zip(tensors, work):
+        torch.where(keep, w.to(t.dtype), t, out=t)
 
 
 def apply_host_(tensors: list[Tensor], shift: Tensor, scale: Tensor, mode: str) -> None:
@@ -214,20 +216,29 @@ def statistics(
     return _device_tensor([g.numel() for g in grads], device, acc), means, m2
 
 
+def host_apply(device: torch.device) -> bool:
+    """Whether the apply reads its factors on the host: on the CPU only, where that costs nothing."""
+    return device.type == "cpu"
+
+
 def apply_all_(
     grads: list[Tensor], groups: dict[torch.dtype, list[int]], stats: GANStats, shift: Tensor, scale: Tensor, mode: str
 ) -> None:
-    """``(g_i - shift[i]) * scale[i]`` in place for every gradient: on the CPU one fused pass per
-    tensor and nothing at all on a non-finite step; elsewhere the device-side apply."""
+    """``(g_i - shift[i]) * scale[i]`` in place for every gradient, on finite steps only: on the
+    CPU one fused pass per tensor, after reading the flag; elsewhere the device-side apply."""
     if not grads:
         return
-    on_host = grads[0].device.type == "cpu"
-    if on_host and stats.nonfinite.item():
+    if host_apply(grads[0].device):
+        if stats.nonfinite.item():
+            return
+        for indices in groups.values():
+            index = _device_tensor(indices, shift.device)
+            apply_host_([grads[i] for i in indices], shift[index], scale[index], mode)
         return
-    apply_ = apply_host_ if on_host else apply_device_
+    keep = ~stats.nonfinite
     for indices in groups.values():
         index = _device_tensor(indices, shift.device)
-        apply_([grads[i] for i in indices], shift[index], scale[index], mode)
+        apply_device_([grads[i] for i in indices], shift[index], scale[index], keep, mode)
 
 
 def gan_(grads: list[Tensor], groups: dict[torch.dtype, list[int]], state: GANState, mode: str) -> GANStats:

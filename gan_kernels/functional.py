@@ -98,7 +98,7 @@ def _eager_gan_(grads: Sequence[Tensor], state: GANState | None, mode: str, back
     grads = check_grads(grads)
     mode = check_mode(mode)
     check_backend(backend)
-    state = check_state(state)
+    state = check_state(state, grads[0].device if grads else None)
     use_triton = _use_triton(grads, backend)
     with torch.no_grad():
         state.to_(grads[0].device if grads else state.device)

@@ -44,7 +44,7 @@ def gan_(
     """
     grads = check_grads(grads)
     mode = check_mode(mode)
-    state = check_state(state)
+    state = check_state(state, grads[0].device if grads else None)
     device = grads[0].device if grads else state.device
     state.to_(device)
     work_dtype = compute_dtype or stats_dtype(grads)

@@ -18,9 +18,11 @@ def check_mode(mode: str) -> str:
     return mode
 
 
-def check_state(state: GANState | None) -> GANState:
+def check_state(state: GANState | None, device: torch.device | None = None) -> GANState:
+    """``state``, or a fresh :class:`GANState` on ``device`` for ``None`` (created there, so that
+    no copy to the device, and no host synchronisation, is needed)."""
     if state is None:
-        return GANState()
+        return GANState(device=device)
     if not isinstance(state, GANState):
         raise TypeError(f"state must be a GANState or None, got {type(state).__name__}")
     return state

@@ -12,10 +12,14 @@ def grads():
     return random_grads([(30, 3), (70_000,), (5, 5), (1,)], [torch.float32, torch.float32, torch.bfloat16, torch.float32], seed=0, scale=1e-3)
 
 
-def test_opcheck():
+@pytest.mark.parametrize("mode", ["gan", "znorm"])
+def test_opcheck(mode):
+    """The fake implementation must give the real outputs' shapes and dtypes: float32 statistics,
+    float64 ones when the list holds a float64 gradient, and an empty list."""
     exponent = torch.tensor(float("nan"), dtype=torch.float64)
-    for mode in ("gan", "znorm"):
-        torch.library.opcheck(torch.ops.gan_kernels.gan_step.default, (grads(), exponent.clone(), torch.tensor(0), mode, "torch"))
+    with_float64 = grads() + random_grads([(6, 2)], [torch.float64], seed=1)
+    for gradients in (grads(), with_float64, []):
+        torch.library.opcheck(torch.ops.gan_kernels.gan_step.default, (gradients, exponent.clone(), torch.tensor(0), mode, "torch"))
 
 
 def test_compiled_function_has_no_graph_break_and_matches_eager():

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gan_kernels import GANState, fallback, gan_, reference
-from tests.helpers import assert_stats_close, bits, check_steps_against_exact, clone_all, random_grads
+from tests.helpers import assert_stats_close, bits, check_steps_against_exact, clone_all, exact_evaluation, random_grads
 
 MODES = ["gan", "gc", "znorm"]
 FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
@@ -18,7 +18,7 @@ FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 def apply_path(request, monkeypatch):
     """Run the fallback with its CPU apply, or with the accelerator apply forced onto the CPU."""
     if request.param == "device":
-        monkeypatch.setattr(fallback, "apply_host_", fallback.apply_device_)
+        monkeypatch.setattr(fallback, "host_apply", lambda device: False)
     return request.param
 
 
@@ -109,9 +109,11 @@ def test_matches_reference_without_float64(mode, apply_path):
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 @pytest.mark.parametrize("mode", MODES)
 def test_nonfinite_leaves_everything_untouched(bad, mode, apply_path):
-    grads = random_grads([(500,), (70000,), (7,)], [torch.float32, torch.bfloat16, torch.float64], seed=7)
+    grads = random_grads([(500,), (70000,), (7,), (1,)], [torch.float32, torch.bfloat16, torch.float64, torch.float32], seed=7)
     grads[0][3] = -0.0
     grads[1][70000 - 1] = bad
+    # A one-element tensor's mean is the element itself: an apply that is not neutralised zeroes it.
+    grads[3][0] = 0.75
     before = clone_all(grads)
     state = GANState()
     gan_(random_grads([(9,)], [torch.float32]), state, backend="torch")
@@ -123,12 +125,27 @@ def test_nonfinite_leaves_everything_untouched(bad, mode, apply_path):
     assert torch.equal(state.exponent, exponent) and torch.equal(state.step, step)
 
 
-def test_device_apply_is_identity_on_nonfinite_factors():
-    grads = random_grads([(100,), (7, 7)], [torch.float32, torch.bfloat16], seed=8)
-    grads[0][0], grads[0][1], grads[0][2] = -0.0, math.inf, math.nan
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_a_float64_gradient_keeps_every_statistic_in_float64(backend):
+    """With a float64 tensor in the list, the statistics of all tensors (float32 and bfloat16 ones
+    included) accumulate in float64: float64 accuracy for sigma, alpha, the means and the stds."""
+    grads = random_grads([(3000,), (40, 9), (5000,)], [torch.float32, torch.float64, torch.bfloat16], seed=10, scale=1e-2, offset=1.0)
+    expected_outputs, expected = exact_evaluation(grads)
+    stats = gan_(grads, backend=backend)
+    for name in ("alpha", "global_std", "means", "stds"):
+        got, want = getattr(stats, name), getattr(expected, name)
+        assert got.dtype == torch.float64, name
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=0, msg=name)
+    torch.testing.assert_close(grads[1], expected_outputs[1], rtol=1e-12, atol=1e-15)
+
+
+def test_device_apply_writes_nothing_when_told_not_to_keep():
+    grads = random_grads([(100,), (7, 7), (1,)], [torch.float32, torch.bfloat16, torch.float16], seed=8)
+    grads[0][0], grads[0][1], grads[0][2] = -0.0, math.inf, -math.nan
+    grads[1][0, 0] = math.nan
     before = clone_all(grads)
     for g, b in zip(grads, before):
-        fallback.apply_device_([g], torch.zeros(1), torch.ones(1), "gan")
+        fallback.apply_device_([g], torch.full((1,), math.nan), torch.full((1,), 3.0), torch.tensor(False), "gan")
         assert torch.equal(bits(g), bits(b))
 
 

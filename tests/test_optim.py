@@ -187,9 +187,34 @@ def test_plain_optimizer_state_dicts_interoperate():
     plain = torch.optim.AdamW(model.parameters())
     train(model, plain, batches(1))
     opt = GAN(torch.optim.AdamW(model.parameters()))
+    train(model, opt, batches(2, seed=3))
+    kept = opt.gan_state.state_dict()
     opt.load_state_dict(plain.state_dict())
-    assert opt.gan_state.step.item() == 0
+    # A plain optimizer's state dict carries no GANState: the wrapper keeps the one it has.
+    assert opt.gan_state.step.item() == 2
+    assert torch.equal(opt.gan_state.exponent, kept["exponent"]) and not kept["exponent"].isnan()
     torch.optim.AdamW(model.parameters()).load_state_dict(opt.state_dict())
+
+
+def test_sparse_gradients_are_left_alone():
+    def setup():
+        torch.manual_seed(0)
+        return nn.Embedding(20, 6, sparse=True), nn.Linear(6, 3)
+
+    (embedding, linear), (plain_embedding, plain_linear) = setup(), setup()
+    opt = GAN(torch.optim.SGD([*embedding.parameters(), *linear.parameters()], lr=0.1))
+    plain = torch.optim.SGD([*plain_embedding.parameters(), *plain_linear.parameters()], lr=0.1)
+    tokens = torch.tensor([[1, 4, 4, 7], [0, 2, 9, 19]])
+    for net, optimizer in (((embedding, linear), opt), ((plain_embedding, plain_linear), plain)):
+        optimizer.zero_grad()
+        net[1](net[0](tokens)).square().mean().backward()
+    assert embedding.weight.grad.is_sparse
+    assert opt.eligible_grads() == [linear.weight.grad]
+    reference.gan_([plain_linear.weight.grad], GANState())
+    opt.step()
+    plain.step()
+    assert torch.equal(embedding.weight, plain_embedding.weight)
+    torch.testing.assert_close(linear.weight, plain_linear.weight, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("set_to_none", [True, False])

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from gan_kernels import GANState, reference
+from tests.helpers import check_steps_against_exact, random_grads
 
 
 def test_gan_mode_by_hand():
@@ -124,3 +125,12 @@ def test_statistics_dtype():
     assert stats.means.dtype == torch.float32
     stats = reference.gan_([torch.ones(3), torch.ones(3, dtype=torch.float64)])
     assert stats.means.dtype == stats.alpha.dtype == torch.float64
+
+
+@pytest.mark.parametrize("mode", ["gan", "gc", "znorm"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_steps_with_moving_sigma_against_float64(dtype, mode):
+    """The reference in its own precision over several steps whose gradients change scale, so that
+    alpha moves away from its first value and the stored exponent is used."""
+    grads = random_grads([(300, 7), (5000,), (1,)], [dtype] * 3, seed=3, scale=1e-3, offset=2e-4)
+    check_steps_against_exact(lambda g, s, m: reference.gan_(g, s, mode=m), grads, mode, steps=4)

@@ -1,0 +1,231 @@
+"""Plant the bugs the suite must catch, one at a time, and report whether the tests notice.
+
+    python tests/mutation_check.py [--only SUBSTRING ...] [--jobs N] [--list]
+
+Each mutant is one textual change to one file of the package (the fear, written as code). For
+each, the repository is copied to a temporary folder, the change is made there, and the tests
+that guard that behaviour run against the copy; the mutant is *caught* when they fail. The same
+test selections run once unchanged first: a selection that fails without a mutant makes every
+verdict meaningless, so the check stops there. A mutant whose text no longer occurs in the code
+is reported as *stale* (the code moved on; update the mutant), never as caught.
+
+This is slow (the kernel mutants run Triton's interpreter) and is not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+COPIED = ("gan_kernels", "tests", "benchmarks", "examples", "pyproject.toml")
+
+FALLBACK = "gan_kernels/fallback.py"
+APPLY = "gan_kernels/kernels/apply.py"
+FINALIZE = "gan_kernels/kernels/finalize.py"
+LAYOUT = "gan_kernels/kernels/layout.py"
+
+FALLBACK_VALUES = ["tests/test_functional.py", "-k", "boundaries or multi_step or offset or mixed"]
+KERNEL_VALUES = ["tests/test_kernels.py", "-k", "(tile_boundaries and single_read) or multi_step or offset"]
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+MUTANTS = [
+    Mutant(
+        "fp16/bf16 outputs rounded twice: fallback, CPU apply",
+        FALLBACK,
+        "torch.add(offset, work.copy_(tile), alpha=a, out=work)",
+        "work.copy_(tile.sub_(m)).mul_(a)",
+        (*FALLBACK_VALUES,),
+    ),
+    Mutant(
+        "fp16/bf16 outputs rounded twice: fallback, device apply",
+        FALLBACK,
+        "torch._foreach_sub([t.to(acc) for t in tensors], list(shift.unbind()))",
+        "torch._foreach_sub(list(tensors), list(shift.unbind()))",
+        (*FALLBACK_VALUES,),
+    ),
+    Mutant(
+        "fp16/bf16 outputs rounded twice: kernel apply",
+        APPLY,
+        "x = tl.load(block).to(tl.float32)",
+        "x = (tl.load(block).to(tl.float32) - mean).to(DTYPE).to(tl.float32) + mean",
+        (*KERNEL_VALUES,),
+    ),
+    Mutant(
+        "mean rounded into the gradient dtype before subtracting: fallback",
+        FALLBACK,
+        "zip(tensors, shift.tolist(), scale.tolist())",
+        "zip(tensors, shift.to(tensors[0].dtype).tolist(), scale.tolist())",
+        (*FALLBACK_VALUES,),
+    ),
+    Mutant(
+        "mean rounded into the gradient dtype before subtracting: kernel apply",
+        APPLY,
+        "mean = tl.load(means + slot)",
+        "mean = tl.load(means + slot).to(DTYPE).to(tl.float32)",
+        (*KERNEL_VALUES,),
+    ),
+    Mutant(
+        "stored exponent ignored: fallback",
+        FALLBACK,
+        "autoscale(sigma, state.exponent)",
+        "autoscale(sigma, state.exponent + float('nan'))",
+        ("tests/test_functional.py", "-k", "multi_step"),
+    ),
+    Mutant(
+        "stored exponent ignored: kernels",
+        FINALIZE,
+        "autoscale(sigma, old_exponent)",
+        "autoscale(sigma, old_exponent + float('nan'))",
+        ("tests/test_kernels.py", "-k", "multi_step or repeated_steps"),
+    ),
+    Mutant(
+        "non-finite step written by the fallback's device apply",
+        FALLBACK,
+        "torch.where(keep, w.to(t.dtype), t, out=t)",
+        "t.copy_(w)",
+        ("tests/test_functional.py", "-k", "nonfinite"),
+    ),
+    Mutant(
+        "layout cache key without the element count",
+        LAYOUT,
+        "(t.data_ptr(), t.numel(), t.dtype)",
+        "(t.data_ptr(), t.dtype)",
+        ("tests/test_kernels.py", "-k", "share_a_pointer"),
+    ),
+    Mutant(
+        "layout cache key without the dtype",
+        LAYOUT,
+        "(t.data_ptr(), t.numel(), t.dtype)",
+        "(t.data_ptr(), t.numel())",
+        ("tests/test_kernels.py", "-k", "share_a_pointer"),
+    ),
+    Mutant(
+        "finalize's arrival counter not reset after a step",
+        FINALIZE,
+        "            tl.store(arrivals, 0)\n",
+        "",
+        ("tests/test_kernels.py", "-k", "repeated_steps"),
+    ),
+    Mutant(
+        "statistics not float64 when a float64 gradient is present",
+        "gan_kernels/validation.py",
+        "torch.float64 if any(g.dtype == torch.float64 for g in grads)",
+        "torch.float64 if all(g.dtype == torch.float64 for g in grads)",
+        ("tests/test_functional.py", "-k", "float64"),
+    ),
+    Mutant(
+        "compile fake implementation wrong for float64 lists",
+        "gan_kernels/functional.py",
+        "dtype = torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32",
+        "dtype = torch.float32",
+        ("tests/test_compile.py", "-k", "opcheck"),
+    ),
+    Mutant(
+        "loading a plain optimizer's state dict resets the GAN state",
+        "gan_kernels/optim.py",
+        "        if gan_state is not None:\n            self.gan_state.load_state_dict(gan_state)",
+        "        self.gan_state.load_state_dict(gan_state or GANState().state_dict())",
+        ("tests/test_optim.py", "-k", "state_dict"),
+    ),
+    Mutant(
+        "sparse gradients made eligible by default",
+        "gan_kernels/optim.py",
+        "param.grad is not None and not param.grad.is_sparse and param.ndim > 1",
+        "param.grad is not None and param.ndim > 1",
+        ("tests/test_optim.py", "-k", "sparse"),
+    ),
+]
+
+
+def copy_repository(destination: Path) -> None:
+    for name in COPIED:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, destination / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(source, destination / name)
+
+
+def run_tests(folder: Path, tests: tuple[str, ...]) -> subprocess.CompletedProcess:
+    """The test selection, against the package in ``folder`` (which comes first on the path)."""
+    env = {**os.environ, "PYTHONPATH": str(folder), "PYTHONDONTWRITEBYTECODE": "1"}
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
+
+
+def imported_from(folder: Path) -> str:
+    env = {**os.environ, "PYTHONPATH": str(folder)}
+    return subprocess.run([sys.executable, "-c", "import gan_kernels; print(gan_kernels.__file__)"],
+                          cwd=folder, env=env, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def verdict(mutant: Mutant) -> str:
+    with tempfile.TemporaryDirectory(prefix="gan-mutant-") as tmp:
+        folder = Path(tmp)
+        copy_repository(folder)
+        target = folder / mutant.path
+        text = target.read_text()
+        if text.count(mutant.old) != 1:
+            return f"stale ({text.count(mutant.old)} occurrences of the planted text)"
+        target.write_text(text.replace(mutant.old, mutant.new))
+        if not imported_from(folder).startswith(str(folder)):
+            return "error: the copy's package was not the one imported"
+        result = run_tests(folder, mutant.tests)
+        if result.returncode == 0:
+            return "MISSED"
+        if result.returncode == 1:
+            return "caught"
+        return f"error (pytest exit {result.returncode}): {result.stdout.strip().splitlines()[-1:]}"
+
+
+def baseline(selections: set[tuple[str, ...]]) -> list[str]:
+    """The selections that fail without any mutant."""
+    with tempfile.TemporaryDirectory(prefix="gan-baseline-") as tmp:
+        folder = Path(tmp)
+        copy_repository(folder)
+        return [" ".join(tests) for tests in sorted(selections) if run_tests(folder, tests).returncode != 0]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", metavar="SUBSTRING", help="run the mutants whose name contains one of these")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="mutants run at once (default: the CPU count)")
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    args = parser.parse_args(argv)
+    mutants = [m for m in MUTANTS if not args.only or any(s in m.name for s in args.only)]
+    if args.list:
+        print("\n".join(m.name for m in mutants))
+        return 0
+    failing = baseline({m.tests for m in mutants})
+    if failing:
+        print("the unmutated suite fails these selections, so no verdict is possible:", *failing, sep="\n  ")
+        return 2
+    with ThreadPoolExecutor(args.jobs) as pool:
+        verdicts = list(pool.map(verdict, mutants))
+    width = max(len(m.name) for m in mutants)
+    print(f"| {'planted bug'.ljust(width)} | verdict |")
+    print(f"| {'-' * width} | ------- |")
+    for mutant, result in zip(mutants, verdicts):
+        print(f"| {mutant.name.ljust(width)} | {result} |")
+    return 0 if all(v == "caught" for v in verdicts) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
