@@ -7,7 +7,8 @@ Adversarial Network.
 
 from .functional import gan_
 from .optim import GAN
+from .plan import release_captured_plans
 from .state import GANState, GANStats
 
-__all__ = ["GAN", "GANState", "GANStats", "gan_"]
+__all__ = ["GAN", "GANState", "GANStats", "gan_", "release_captured_plans"]
 __version__ = "0.1.0"

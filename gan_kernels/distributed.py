@@ -19,7 +19,7 @@ from torch import Tensor
 
 from . import fallback
 from .state import GANState, GANStats
-from .validation import check_grads, check_mode, check_state, group_by_dtype, stats_dtype
+from .validation import check_grads, check_mode, check_state, stats_dtype
 
 
 def check_process_group(process_group) -> None:
@@ -62,11 +62,13 @@ def gan_sharded_(
     state = check_state(state, shards[0].device if shards else None)
     device = shards[0].device if shards else state.device
     state.to_(device)
-    groups = group_by_dtype(shards)
     acc = stats_dtype(shards)
 
-    counts, means, m2 = fallback.statistics(shards, groups, acc, device)
-    local = torch.stack([counts, means, m2], dim=1).to(torch.float64)
+    plan = fallback.FallbackPlan(shards, device)
+    counts, means, m2 = plan.partials(shards)
+    # Partials in the order of the list, the same on every rank (the slot order depends on the
+    # local shard sizes).
+    local = torch.stack([counts, means, m2], dim=1)[plan.position].to(torch.float64)
     world = dist.get_world_size(process_group)
     gathered = [torch.empty_like(local) for _ in range(world)]
     dist.all_gather(gathered, local, group=process_group)
@@ -77,8 +79,8 @@ def gan_sharded_(
     spread = torch.where(rank_counts > 0, rank_counts * (rank_means - mean) ** 2, 0.0)
     m2_total = rank_m2.sum(dim=0) + spread.sum(dim=0)
 
-    stats, shift, scale = fallback.finalize(total.to(acc), mean.to(acc), m2_total.to(acc), state, mode)
-    fallback.apply_all_(shards, groups, stats, shift, scale, mode)
+    stats, scale = fallback.finalize(total.to(acc), mean.to(acc), m2_total.to(acc), state, mode)
+    plan.apply_(shards, scale[plan.order], stats.nonfinite, mode, center=stats.means[plan.order])
     return stats
 
 

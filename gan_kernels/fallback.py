@@ -1,23 +1,29 @@
 """The multi-tensor PyTorch fallback: GAN on any device, with batched ops and no device sync.
 
-Statistics (per-tensor count, mean, M2 about the mean) take one read of every gradient from main
-memory, with two-pass numerics:
+A :class:`FallbackPlan` is built once per gradient layout (sizes, strides, dtypes, device) and
+owns float32 (or float64) scratch; a step then costs a number of operations that depends on the
+number of *distinct sizes* among the small gradients, not on the number of gradients:
 
-* small tensors (up to ``STACK_MAX`` elements) of equal size are stacked into one matrix, so each
-  size class costs a handful of row-wise reductions however many tensors it holds;
-* larger tensors are cut into tiles of ``TILE`` elements, small enough to stay in cache between
-  the tile's sum and its squared deviations; tiles are combined with Chan's formula.
+* **Small tensors** (up to ``STACK_MAX`` elements) are gathered by one ``torch._foreach_copy_``
+  into the plan's scratch, where the tensors of each size form the rows of one matrix (*size
+  class*). Per class: the row means, the rows centered in place, the rows' squared norms (M2) —
+  two-pass numerics in cache. The apply scales the centered rows in place and one
+  ``torch._foreach_copy_`` writes every tensor back, rounded once into its own dtype.
+* **Large tensors** are cut into tiles of ``TILE`` elements, small enough to stay in cache between
+  a tile's mean and its squared deviations; tiles are combined with Chan's formula. The apply takes
+  one fused pass per tensor (float16/bfloat16 through a float32 tile, rounded once).
 
-The apply computes ``(g - shift) * scale`` in place, rounded once into each tensor's dtype (float16
-and bfloat16 through float32). On the CPU, where reading a scalar on the host costs nothing, each
-tensor takes one fused pass; on an accelerator the factors stay on the device and
-``torch._foreach_*`` ops cover the whole list, each result written through a ``torch.where`` on
-the non-finite flag, so that a non-finite step leaves every bit as it was without a host-side
-branch.
+Statistics are computed in *slot order* (the small tensors class by class, then the large ones);
+the finalize works in that order too, and only the reported means and stds are permuted back to
+the order of the list. On the CPU, where reading a scalar costs nothing, the apply reads the
+non-finite flag and skips a non-finite step. On an accelerator every factor and the flag stay on
+the device: each tensor is written through ``torch.where(keep, result, g)`` in its own dtype, so a
+non-finite step leaves every bit as it was (NaN payloads included) without a host-side branch.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import torch
@@ -30,10 +36,9 @@ from .validation import arithmetic_dtype, stats_dtype
 STACK_MAX = 1 << 16
 # 2**18 float32 elements (1 MiB) stay in a core's L2 between a tile's two passes.
 TILE = 1 << 18
-TILED = -1
 
 
-def _device_tensor(values: list, device: torch.device, dtype: torch.dtype = torch.int64) -> Tensor:
+def device_tensor(values: list, device: torch.device, dtype: torch.dtype = torch.int64) -> Tensor:
     """``torch.tensor(values)`` on ``device``; to a GPU through pinned memory and a non-blocking
     copy, since a copy from pageable memory would synchronise the host with the device."""
     host = torch.tensor(values, dtype=dtype)
@@ -42,99 +47,30 @@ def _device_tensor(values: list, device: torch.device, dtype: torch.dtype = torc
     return host.pin_memory().to(device, non_blocking=True)
 
 
-def _segment_sum(values: Tensor, lengths: Tensor) -> Tensor:
-    return torch.segment_reduce(values, "sum", lengths=lengths, unsafe=True)
+def host_apply(device: torch.device) -> bool:
+    """Whether the apply reads its factors on the host: on the CPU only, where that costs nothing."""
+    return device.type == "cpu"
 
 
-def _stacked_stats(rows: list[Tensor], acc: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Means and M2 of equally sized 1-D tensors, stacked as the rows of one matrix."""
-    matrix = torch.stack(rows).to(acc)
-    mean = matrix.sum(dim=1) / matrix.shape[1]
-    matrix.sub_(mean[:, None])
-    return mean, matrix.square_().sum(dim=1)
-
-
-def _tiled_stats(flats: list[Tensor], acc: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Means and M2 of large 1-D tensors, each tile two-pass in cache, tiles combined by Chan."""
-    device = flats[0].device
-    scratch = torch.empty(min(TILE, max(f.numel() for f in flats)), dtype=acc, device=device)
-    tile_means, tile_m2, tile_counts, tiles_per_tensor = [], [], [], []
-    for flat in flats:
-        for start in range(0, flat.numel(), TILE):
-            tile = flat[start : start + TILE]
-            count = tile.numel()
-            deviation = scratch[:count]
-            if tile.dtype == acc:
-                mean = tile.mean()
-                torch.sub(tile, mean, out=deviation)
-            else:
-                mean = deviation.copy_(tile).mean()
-                deviation.sub_(mean)
-            tile_means.append(mean)
-            tile_m2.append(torch.dot(deviation, deviation))
-            tile_counts.append(count)
-        tiles_per_tensor.append(-(-flat.numel() // TILE))
-    means_t = torch.stack(tile_means)
-    counts_t = _device_tensor(tile_counts, device, acc)
-    lengths = _device_tensor(tiles_per_tensor, device)
-    counts = _device_tensor([f.numel() for f in flats], device, acc)
-    mean = _segment_sum(counts_t * means_t, lengths) / counts
-    spread = means_t - mean.repeat_interleave(lengths, output_size=len(tile_means))
-    m2 = _segment_sum(torch.stack(tile_m2), lengths) + _segment_sum(counts_t * spread**2, lengths)
-    return mean, m2
-
-
-def tensor_stats(tensors: list[Tensor], acc: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Per-tensor mean and M2 (sum of squared deviations about the mean) of one dtype group.
-
-    Args:
-        tensors: k tensors of one floating dtype on one device, any shapes and strides.
-        acc: the dtype to accumulate in (float32 or float64).
-
-    Returns:
-        ``(means, m2)``, each of shape (k,) in ``acc``; 0 and 0 for a zero-size tensor. Reads only.
-    """
-    device = tensors[0].device
-    # Keyed by size for the stacked classes; TILED gathers the tensors too large to stack.
-    by_size: dict[int, list[int]] = defaultdict(list)
-    for i, t in enumerate(tensors):
-        by_size[t.numel() if t.numel() <= STACK_MAX else TILED].append(i)
-    order, means, m2 = [], [], []
-    for size, indices in by_size.items():
-        flats = [tensors[i].reshape(-1) for i in indices]
-        if size == 0:
-            mean = torch.zeros(len(indices), dtype=acc, device=device)
-            piece = (mean, mean)
-        elif size == TILED:
-            piece = _tiled_stats(flats, acc)
-        else:
-            piece = _stacked_stats(flats, acc)
-        order += indices
-        means.append(piece[0])
-        m2.append(piece[1])
-    position = _device_tensor(sorted(range(len(order)), key=order.__getitem__), device)
-    return torch.cat(means)[position], torch.cat(m2)[position]
-
-
-def finalize(
-    counts: Tensor, means: Tensor, m2: Tensor, state: GANState, mode: str
-) -> tuple[GANStats, Tensor, Tensor]:
+def finalize(counts: Tensor, means: Tensor, m2: Tensor, state: GANState, mode: str) -> tuple[GANStats, Tensor]:
     """Turn per-tensor statistics into the step's stats and update ``state``, on the device.
 
     Args:
         counts, means, m2: shape (k,), one floating dtype: per-tensor sizes, means and sums of
-            squared deviations about the means.
+            squared deviations about the means, in any fixed order.
         state: ``exponent`` and ``step`` are updated in place, unless the step is non-finite.
         mode: ``"gan"``, ``"gc"`` or ``"znorm"``.
 
     Returns:
-        ``(stats, shift, scale)``: the apply computes ``(g_i - shift[i]) * scale[i]``, both (k,),
-        on finite steps only (``stats.nonfinite`` False).
+        ``(stats, scale)``: ``stats`` with means and stds in the order given; the apply computes
+        ``(g_i - means[i]) * scale[i]``, scale of shape (k,), on finite steps only.
     """
     total = counts.sum()
     sigma = torch.where(total > 1, torch.sqrt(m2.sum() / (total - 1).clamp(min=1)), 0.0)
     stds = torch.where(counts > 1, torch.sqrt(m2 / (counts - 1).clamp(min=1)), 0.0)
-    nonfinite = ~(torch.isfinite(sigma) & torch.isfinite(means).all())
+    # sigma < inf is False for NaN and inf, and so is |mean| < inf: comparisons are the cheapest
+    # finiteness test on the small tensors of a finalize.
+    nonfinite = ~((sigma < math.inf) & (means.abs() < math.inf).all())
     alpha, exponent = autoscale(sigma, state.exponent)
     state.exponent.copy_(torch.where(nonfinite, state.exponent, exponent))
     state.step.add_((~nonfinite).to(state.step.dtype))
@@ -147,103 +83,159 @@ def finalize(
         scale = torch.ones_like(means)
     if mode != "gan":
         alpha = torch.ones_like(alpha)
-    stats = GANStats(alpha=alpha, global_std=sigma, means=means, stds=stds, nonfinite=nonfinite)
-    return stats, means, scale
+    return GANStats(alpha=alpha, global_std=sigma, means=means, stds=stds, nonfinite=nonfinite), scale
 
 
-def apply_device_(tensors: list[Tensor], shift: Tensor, scale: Tensor, keep: Tensor, mode: str) -> None:
-    """In place, ``g_i = (g_i - shift[i]) * scale[i]`` where ``keep`` is True, with every factor and
-    the flag left on the device.
+def empty_step(state: GANState) -> GANStats:
+    """The step of an empty list: sigma 0, alpha 1, the state's step counted, on its device."""
+    nothing = torch.zeros(0, dtype=torch.float32, device=state.device)
+    return finalize(nothing, nothing, nothing, state, "gan")[0]
 
-    For accelerators, where reading a factor on the host would synchronise: ``torch._foreach_*``
-    ops over the list compute the results in the arithmetic dtype (float32 for float16/bfloat16),
-    and each tensor is written through ``torch.where(keep, result, g)`` in its own dtype, so that a
-    non-finite step (``keep`` False) leaves every bit as it was, NaN payloads included (arithmetic
-    or a round trip through float32 would canonicalise them). ``tensors`` share one dtype;
-    ``shift`` and ``scale`` have shape (len(tensors),); ``keep`` is a 0-d bool tensor.
+
+class FallbackPlan:
+    """What the fallback needs to know about one list of gradients, worked out once.
+
+    Depends only on the gradients' sizes, strides and dtypes and on the device; it holds no
+    reference to the gradients themselves (a cached plan must not keep them alive), only its own
+    scratch: ``work`` holds every small gradient, in the statistics dtype, between the statistics
+    and the apply of one step.
     """
-    acc = arithmetic_dtype(tensors[0].dtype)
-    work = torch._foreach_sub([t.to(acc) for t in tensors], list(shift.unbind()))
-    if mode != "gc":
-        torch._foreach_mul_(work, list(scale.unbind()))
-    for t, w in zip(tensors, work):
-        torch.where(keep, w.to(t.dtype), t, out=t)
 
+    def __init__(self, grads: list[Tensor], device: torch.device) -> None:
+        self.device = device
+        self.acc = stats_dtype(grads)
+        by_size: dict[int, list[int]] = defaultdict(list)
+        for i, g in enumerate(grads):
+            if 0 < g.numel() <= STACK_MAX:
+                by_size[g.numel()].append(i)
+        self.small = [i for indices in by_size.values() for i in indices]
+        self.large = [i for i, g in enumerate(grads) if g.numel() > STACK_MAX]
+        empty = [i for i, g in enumerate(grads) if g.numel() == 0]
+        # Slot order: the small tensors class by class, then the large ones, then the empty ones.
+        order = self.small + self.large + empty
+        self.order = device_tensor(order, device)
+        self.position = device_tensor(sorted(range(len(order)), key=order.__getitem__), device)
+        self.counts = device_tensor([grads[i].numel() for i in order], device, self.acc)
 
-def apply_host_(tensors: list[Tensor], shift: Tensor, scale: Tensor, mode: str) -> None:
-    """In place, ``g_i = scale[i] * g_i - scale[i] * shift[i]``, one fused pass per tensor.
+        self.work = torch.empty(sum(grads[i].numel() for i in self.small), dtype=self.acc, device=device)
+        self.rows = []
+        self.blocks = []  # (rows x size matrix view of work, first slot, last slot + 1)
+        offset = slot = 0
+        for size, indices in by_size.items():
+            self.blocks.append((self.work[offset : offset + size * len(indices)].view(len(indices), size), slot, slot + len(indices)))
+            self.rows += [self.work[offset + j * size : offset + (j + 1) * size].view(grads[i].shape) for j, i in enumerate(indices)]
+            offset += size * len(indices)
+            slot += len(indices)
+        largest = max((grads[i].numel() for i in self.large), default=0)
+        self.scratch = torch.empty(min(TILE, largest), dtype=self.acc, device=device)
+        # Per-tensor partials in slot order, rewritten by every step (the empty tensors' stay 0).
+        self.slot_means = torch.zeros(len(order), dtype=self.acc, device=device)
+        self.slot_m2 = torch.zeros_like(self.slot_means)
+        self.local_means: Tensor | None = None
 
-    For CPU tensors, where the factors can be read on the host for free: one ``torch.add`` with a
-    scalar ``alpha`` per tensor (float16/bfloat16 through a float32 scratch tile, rounded once).
-    ``tensors`` share one dtype; ``shift`` and ``scale`` have shape (len(tensors),). ``mode`` is
-    unused: the factors already carry it.
-    """
-    acc = arithmetic_dtype(tensors[0].dtype)
-    scratch = None
-    for t, m, a in zip(tensors, shift.tolist(), scale.tolist()):
-        if t.numel() == 1:
-            # g - mean is exactly 0 here, but scale * g - scale * mean need not cancel exactly.
-            a = m = 0.0
-        offset = torch.tensor(-m * a, dtype=acc)
-        if t.dtype == acc:
-            torch.add(offset, t, alpha=a, out=t)
-            continue
-        if scratch is None:
-            scratch = torch.empty(min(TILE, max(x.numel() for x in tensors)), dtype=acc)
-        if not t.is_contiguous():
-            t.copy_(torch.add(offset, t.to(acc), alpha=a))
-            continue
-        flat = t.view(-1)
+    def partials(self, grads: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-tensor ``(counts, means, m2)`` in slot order, in the statistics dtype: the plan's own
+        buffers, overwritten by the next call. Reads the gradients only; leaves every small
+        gradient, centered, in ``work`` for :meth:`apply_`."""
+        means, m2 = self.slot_means, self.slot_m2
+        if self.small:
+            torch._foreach_copy_(self.rows, [grads[i] for i in self.small])
+        for block, first, last in self.blocks:
+            torch.sum(block, 1, out=means[first:last])
+        small = means[: len(self.small)]
+        small.div_(self.counts[: len(self.small)])
+        for block, first, last in self.blocks:
+            block.sub_(means[first:last, None])
+            torch.linalg.vector_norm(block, dim=1, out=m2[first:last])
+        m2[: len(self.small)].square_()
+        for slot, i in enumerate(self.large, start=len(self.small)):
+            means[slot], m2[slot] = self._tiled_partials(grads[i].reshape(-1))
+        self.local_means = means
+        return self.counts, means, m2
+
+    def _tiled_partials(self, flat: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and M2 of one large flat tensor: each tile two-pass in cache, tiles by Chan."""
+        tile_means, tile_m2, tile_counts = [], [], []
         for start in range(0, flat.numel(), TILE):
             tile = flat[start : start + TILE]
-            work = scratch[: tile.numel()]
-            torch.add(offset, work.copy_(tile), alpha=a, out=work)
-            tile.copy_(work)
+            deviation = self.scratch[: tile.numel()]
+            if tile.dtype == self.acc:
+                mean = tile.mean()
+                torch.sub(tile, mean, out=deviation)
+            else:
+                mean = deviation.copy_(tile).mean()
+                deviation.sub_(mean)
+            tile_means.append(mean)
+            tile_m2.append(torch.dot(deviation, deviation))
+            tile_counts.append(tile.numel())
+        means = torch.stack(tile_means)
+        counts = torch.tensor(tile_counts, dtype=self.acc).to(self.device, non_blocking=True) if len(tile_counts) > 1 else None
+        if counts is None:
+            return means[0], tile_m2[0]
+        mean = (counts * means).sum() / flat.numel()
+        return mean, torch.stack(tile_m2).sum() + (counts * (means - mean) ** 2).sum()
 
+    def apply_(self, grads: list[Tensor], scale: Tensor, nonfinite: Tensor, mode: str, center: Tensor | None = None) -> None:
+        """``g_i <- (g_i - center_i) * scale_i`` in place unless ``nonfinite``, rounded once into each
+        gradient's dtype; runs after :meth:`partials` on the same gradients.
 
-def statistics(
-    grads: list[Tensor], groups: dict[torch.dtype, list[int]], acc: torch.dtype, device: torch.device
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-tensor ``(counts, means, m2)`` of ``grads`` (dtype groups: dtype -> indices), each of
-    shape (k,) in ``acc``, on ``device`` (the gradients'). Reads only."""
-    means = torch.zeros(len(grads), dtype=acc, device=device)
-    m2 = torch.zeros_like(means)
-    for indices in groups.values():
-        index = _device_tensor(indices, device)
-        group_means, group_m2 = tensor_stats([grads[i] for i in indices], acc)
-        means.index_copy_(0, index, group_means)
-        m2.index_copy_(0, index, group_m2)
-    return _device_tensor([g.numel() for g in grads], device, acc), means, m2
-
-
-def host_apply(device: torch.device) -> bool:
-    """Whether the apply reads its factors on the host: on the CPU only, where that costs nothing."""
-    return device.type == "cpu"
-
-
-def apply_all_(
-    grads: list[Tensor], groups: dict[torch.dtype, list[int]], stats: GANStats, shift: Tensor, scale: Tensor, mode: str
-) -> None:
-    """``(g_i - shift[i]) * scale[i]`` in place for every gradient, on finite steps only: on the
-    CPU one fused pass per tensor, after reading the flag; elsewhere the device-side apply."""
-    if not grads:
-        return
-    if host_apply(grads[0].device):
-        if stats.nonfinite.item():
+        ``scale`` and ``center`` are in slot order; ``center`` defaults to the means that
+        :meth:`partials` computed (then the centered rows in ``work`` are used as they are), and is
+        given when the means come from elsewhere (sharded gradients: the whole tensors' means).
+        """
+        on_host = host_apply(self.device)
+        if on_host and nonfinite.item():
             return
-        for indices in groups.values():
-            index = _device_tensor(indices, shift.device)
-            apply_host_([grads[i] for i in indices], shift[index], scale[index], mode)
-        return
-    keep = ~stats.nonfinite
-    for indices in groups.values():
-        index = _device_tensor(indices, shift.device)
-        apply_device_([grads[i] for i in indices], shift[index], scale[index], keep, mode)
+        if center is None:
+            center = self.local_means
+        else:
+            correction = self.local_means - center
+            for block, first, last in self.blocks:
+                block.add_(correction[first:last, None])
+        if mode == "gan":
+            self.work.mul_(scale[0])
+        elif mode == "znorm":
+            for block, first, last in self.blocks:
+                block.mul_(scale[first:last, None])
+        small = [grads[i] for i in self.small]
+        keep = ~nonfinite
+        if on_host:
+            if small:
+                torch._foreach_copy_(small, self.rows)
+        else:
+            for g, row in zip(small, self.rows):
+                torch.where(keep, row.to(g.dtype), g, out=g)
+        for slot, i in enumerate(self.large, start=len(self.small)):
+            self._apply_large_(grads[i], center[slot], scale[slot], on_host, keep)
 
+    def _apply_large_(self, g: Tensor, shift: Tensor, scale: Tensor, on_host: bool, keep: Tensor) -> None:
+        acc = arithmetic_dtype(g.dtype)
+        if not on_host:
+            result = ((g.to(acc) - shift) * scale).to(g.dtype)
+            torch.where(keep, result, g, out=g)
+            return
+        shift, scale = shift.item(), scale.item()
+        offset = torch.tensor(-shift * scale, dtype=acc)
+        if g.dtype == acc:
+            torch.add(offset, g, alpha=scale, out=g)
+        elif not g.is_contiguous():
+            g.copy_(torch.add(offset, g.to(acc), alpha=scale))
+        else:
+            flat = g.view(-1)
+            for start in range(0, flat.numel(), TILE):
+                tile = flat[start : start + TILE]
+                work = self.scratch[: tile.numel()]
+                torch.add(offset, work.copy_(tile), alpha=scale, out=work)
+                tile.copy_(work)
 
-def gan_(grads: list[Tensor], groups: dict[torch.dtype, list[int]], state: GANState, mode: str) -> GANStats:
-    """One GAN step over validated ``grads`` grouped by dtype (``groups``: dtype -> indices)."""
-    counts, means, m2 = statistics(grads, groups, stats_dtype(grads), state.device)
-    stats, shift, scale = finalize(counts, means, m2, state, mode)
-    apply_all_(grads, groups, stats, shift, scale, mode)
-    return stats
+    def step(self, grads: list[Tensor], state: GANState, mode: str) -> GANStats:
+        """One GAN step over ``grads`` (the list this plan was built for), in place."""
+        with torch.no_grad():
+            counts, means, m2 = self.partials(grads)
+            stats, scale = finalize(counts, means, m2, state, mode)
+            self.apply_(grads, scale, stats.nonfinite, mode)
+        return self.in_list_order(stats)
+
+    def in_list_order(self, stats: GANStats) -> GANStats:
+        """``stats`` with means and stds permuted from slot order to the order of the list."""
+        return stats._replace(means=stats.means[self.position], stds=stats.stds[self.position])

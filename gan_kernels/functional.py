@@ -2,49 +2,23 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from . import fallback
+from . import plan as plans
+from .fallback import empty_step
 from .state import GANState, GANStats
-from .validation import as_list, check_grads, check_mode, check_state, group_by_dtype, is_dtensor
+from .validation import as_list, check_grads, check_mode, check_state, is_dtensor
 
 BACKENDS = ("auto", "torch", "triton")
-TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def check_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; available backends: {', '.join(BACKENDS)}")
     return backend
-
-
-def triton_unavailable(device: torch.device) -> str | None:
-    """Why the Triton kernels cannot run on ``device``, or None when they can."""
-    if importlib.util.find_spec("triton") is None:
-        return "Triton is not installed"
-    if device.type == "cuda":
-        return None
-    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
-        return None
-    return f"the Triton kernels run on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), not on {device.type}"
-
-
-def _use_triton(grads: list[Tensor], backend: str) -> bool:
-    if backend == "torch" or not grads:
-        return False
-    reason = triton_unavailable(grads[0].device)
-    if backend == "triton" and reason is not None:
-        raise ValueError(f"backend='triton' cannot run here: {reason}; available backends: 'torch', 'auto'")
-    if backend == "auto" and (grads[0].device.type != "cuda" or reason is not None):
-        return False
-    # The kernels take float32/float16/bfloat16; a list with float64 keeps float64 statistics on
-    # the fallback.
-    return all(g.dtype in TRITON_DTYPES for g in grads)
 
 
 def gan_(
@@ -89,24 +63,35 @@ def gan_(
 
 
 def _eager_gan_(grads: Sequence[Tensor], state: GANState | None, mode: str, backend: str) -> GANStats:
+    return step(grads, state, mode, backend)[0]
+
+
+def step(
+    grads: Sequence[Tensor], state: GANState | None, mode: str, backend: str, held: plans.Plan | None = None
+) -> tuple[GANStats, plans.Plan | None]:
+    """One eager step, and the plan it ran on (None for empty and DTensor lists).
+
+    The steady state — the same gradient buffers as a recent step, or as ``held`` — reads each
+    gradient's metadata back once and runs the cached plan; anything else validates the list and
+    builds a plan (:mod:`gan_kernels.plan`).
+    """
     grads = as_list(grads)
-    if any(is_dtensor(g) for g in grads):
-        from .distributed import gan_dtensors_
+    plan = plans.lookup(grads, backend, held)
+    if plan is None:
+        if any(is_dtensor(g) for g in grads):
+            from .distributed import gan_dtensors_
 
+            check_backend(backend)
+            return gan_dtensors_(grads, state, check_mode(mode)), None
+        grads = check_grads(grads)
+        check_mode(mode)
         check_backend(backend)
-        return gan_dtensors_(grads, state, check_mode(mode))
-    grads = check_grads(grads)
-    mode = check_mode(mode)
-    check_backend(backend)
-    state = check_state(state, grads[0].device if grads else None)
-    use_triton = _use_triton(grads, backend)
-    with torch.no_grad():
-        state.to_(grads[0].device if grads else state.device)
-        if use_triton:
-            from .kernels import launch
-
-            return launch.gan_(grads, state, mode)
-        return fallback.gan_(grads, group_by_dtype(grads), state, mode)
+        if not grads:
+            return empty_step(check_state(state)), None
+        plan = plans.build(grads, backend)
+    check_mode(mode)
+    state = check_state(state, plan.device).to_(plan.device)
+    return plan.step(grads, state, mode), plan
 
 
 @torch.library.custom_op("gan_kernels::gan_step", mutates_args=("grads", "exponent", "step"))

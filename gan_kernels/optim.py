@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
+from operator import attrgetter
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .functional import check_backend, gan_
+from .functional import check_backend, gan_, step
+from .plan import Plan
 from .state import GANState, GANStats
 from .validation import check_mode
 
+_grad = attrgetter("grad")
 _HOOK_REGISTRIES = (
     "_optimizer_step_pre_hooks",
     "_optimizer_step_post_hooks",
@@ -71,6 +74,7 @@ class GAN(torch.optim.Optimizer):
         # A dict entry rather than an attribute: torch.compile replays the item assignment made in
         # a compiled step, where it drops an attribute assignment on the optimizer object.
         self._last: dict[str, GANStats] = {}
+        self._plan: Plan | None = None
         # Optimizer.__init__ would build param groups of its own; the wrapper owns none, so it sets
         # up only the hook registries and the step profiling wrapper that Optimizer's API relies on.
         for name in _HOOK_REGISTRIES:
@@ -111,12 +115,12 @@ class GAN(torch.optim.Optimizer):
 
     def eligible_grads(self) -> list[Tensor]:
         """The gradients that the next ``step`` transforms, in parameter-group order."""
-        return [
-            p.grad
-            for group in self.param_groups
-            for p in group["params"]
-            if p.grad is not None and self.eligible(p)
-        ]
+        params = [p for group in self.param_groups for p in group["params"]]
+        if self.eligible is default_eligible:
+            # The default rule read off the gradients alone (a gradient has its parameter's shape),
+            # in one pass: this runs at every step.
+            return [g for g in map(_grad, params) if g is not None and g.ndim > 1 and not g.is_sparse]
+        return [p.grad for p in params if p.grad is not None and self.eligible(p)]
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Evaluate ``closure`` (with grad enabled) if given, apply GAN to the eligible gradients in
@@ -125,7 +129,13 @@ class GAN(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._last["stats"] = gan_(self.eligible_grads(), self.gan_state, mode=self.mode, backend=self.backend)
+        grads = self.eligible_grads()
+        if torch.compiler.is_compiling():
+            self._last["stats"] = gan_(grads, self.gan_state, mode=self.mode, backend=self.backend)
+        else:
+            # The plan of the last step is tried first, and held: its tables and scratch live as
+            # long as this optimizer, whatever else goes through the plan cache.
+            self._last["stats"], self._plan = step(grads, self.gan_state, self.mode, self.backend, self._plan)
         self.optimizer.step()
         return loss
 

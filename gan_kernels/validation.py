@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from operator import attrgetter
 
 import torch
 from torch import Tensor
@@ -10,6 +11,8 @@ from torch import Tensor
 from .state import GANState
 
 MODES = ("gan", "gc", "znorm")
+_layout = attrgetter("layout")
+_device = attrgetter("device")
 
 
 def check_mode(mode: str) -> str:
@@ -26,13 +29,6 @@ def check_state(state: GANState | None, device: torch.device | None = None) -> G
     if not isinstance(state, GANState):
         raise TypeError(f"state must be a GANState or None, got {type(state).__name__}")
     return state
-
-
-def _byte_range(t: Tensor) -> tuple[int, int]:
-    """The [start, end) byte interval of storage that ``t`` can touch."""
-    start = t.untyped_storage().data_ptr() + t.storage_offset() * t.element_size()
-    last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
-    return start, start + (last + 1) * t.element_size()
 
 
 def as_list(grads: Iterable[Tensor]) -> list[Tensor]:
@@ -59,6 +55,28 @@ def check_grads(grads: Iterable[Tensor]) -> list[Tensor]:
     offending index; modifies nothing.
     """
     grads = as_list(grads)
+    # One C-level pass per property over the whole list; the element-wise loop that names the
+    # offending index runs only when one of them fails.
+    valid = (
+        all(isinstance(g, Tensor) for g in grads)
+        and set(map(_layout, grads)) <= {torch.strided}
+        and all(map(Tensor.is_floating_point, grads))
+        and len(set(map(_device, grads))) <= 1
+    )
+    strides = list(map(Tensor.stride, grads)) if valid else []
+    if not valid or any(0 in stride and _is_expanded(g) for g, stride in zip(grads, strides)):
+        _raise_for_first_invalid(grads)
+    _check_disjoint(grads, strides)
+    return grads
+
+
+def _is_expanded(t: Tensor) -> bool:
+    """Whether ``t`` has a dimension of stride 0 and size > 1 (writing it would write one
+    element several times)."""
+    return any(stride == 0 and size > 1 for size, stride in zip(t.shape, t.stride()))
+
+
+def _raise_for_first_invalid(grads: list[Tensor]) -> None:
     for i, g in enumerate(grads):
         if not isinstance(g, Tensor):
             raise TypeError(f"grads[{i}] is a {type(g).__name__}, not a torch.Tensor")
@@ -71,16 +89,26 @@ def check_grads(grads: Iterable[Tensor]) -> list[Tensor]:
                 f"grads[{i}] is on {g.device} but grads[0] is on {grads[0].device}; "
                 "all tensors must be on one device"
             )
-        if any(stride == 0 and size > 1 for size, stride in zip(g.shape, g.stride())):
+        if _is_expanded(g):
             raise ValueError(f"grads[{i}] is an expanded view (stride 0); it cannot be written in place")
-    ranges = sorted((_byte_range(g), i) for i, g in enumerate(grads) if g.numel() > 0)
-    for ((_, end), i), ((start, _), j) in zip(ranges, ranges[1:]):
+
+
+def _check_disjoint(grads: list[Tensor], strides: list[tuple[int, ...]]) -> None:
+    """Raise if two gradients can touch the same bytes: their [first, last] byte spans overlap."""
+    starts = list(map(Tensor.data_ptr, grads))
+    sizes = list(map(Tensor.element_size, grads))
+    spans = []
+    for i, (g, start, stride, size) in enumerate(zip(grads, starts, strides, sizes)):
+        if g.numel():
+            last = sum((n - 1) * s for n, s in zip(g.shape, stride))
+            spans.append((start, start + (last + 1) * size, i))
+    spans.sort()
+    for (_, end, i), (start, _, j) in zip(spans, spans[1:]):
         if start < end:
             raise ValueError(
                 f"grads[{min(i, j)}] and grads[{max(i, j)}] overlap in memory; "
                 "each gradient must be a distinct tensor"
             )
-    return grads
 
 
 def group_by_dtype(grads: list[Tensor]) -> dict[torch.dtype, list[int]]:

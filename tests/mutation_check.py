@@ -30,7 +30,7 @@ COPIED = ("gan_kernels", "tests", "benchmarks", "examples", "pyproject.toml")
 FALLBACK = "gan_kernels/fallback.py"
 APPLY = "gan_kernels/kernels/apply.py"
 FINALIZE = "gan_kernels/kernels/finalize.py"
-LAYOUT = "gan_kernels/kernels/layout.py"
+PLAN = "gan_kernels/plan.py"
 
 FALLBACK_VALUES = ["tests/test_functional.py", "-k", "boundaries or multi_step or offset or mixed"]
 KERNEL_VALUES = ["tests/test_kernels.py", "-k", "(tile_boundaries and single_read) or multi_step or offset"]
@@ -47,17 +47,24 @@ class Mutant:
 
 MUTANTS = [
     Mutant(
-        "fp16/bf16 outputs rounded twice: fallback, CPU apply",
+        "fp16/bf16 outputs rounded twice: fallback, CPU apply of small tensors",
         FALLBACK,
-        "torch.add(offset, work.copy_(tile), alpha=a, out=work)",
-        "work.copy_(tile.sub_(m)).mul_(a)",
+        "                torch._foreach_copy_(small, self.rows)",
+        "                torch._foreach_copy_(small, [(r / scale[0]).to(g.dtype).to(r.dtype) * scale[0] for r, g in zip(self.rows, small)])",
+        (*FALLBACK_VALUES,),
+    ),
+    Mutant(
+        "fp16/bf16 outputs rounded twice: fallback, CPU apply of large tensors",
+        FALLBACK,
+        "torch.add(offset, work.copy_(tile), alpha=scale, out=work)",
+        "work.copy_(tile.sub_(shift)).mul_(scale)",
         (*FALLBACK_VALUES,),
     ),
     Mutant(
         "fp16/bf16 outputs rounded twice: fallback, device apply",
         FALLBACK,
-        "torch._foreach_sub([t.to(acc) for t in tensors], list(shift.unbind()))",
-        "torch._foreach_sub(list(tensors), list(shift.unbind()))",
+        "((g.to(acc) - shift) * scale).to(g.dtype)",
+        "(g - shift.to(g.dtype)) * scale.to(g.dtype)",
         (*FALLBACK_VALUES,),
     ),
     Mutant(
@@ -70,8 +77,8 @@ MUTANTS = [
     Mutant(
         "mean rounded into the gradient dtype before subtracting: fallback",
         FALLBACK,
-        "zip(tensors, shift.tolist(), scale.tolist())",
-        "zip(tensors, shift.to(tensors[0].dtype).tolist(), scale.tolist())",
+        "shift, scale = shift.item(), scale.item()",
+        "shift, scale = shift.to(g.dtype).item(), scale.item()",
         (*FALLBACK_VALUES,),
     ),
     Mutant(
@@ -98,23 +105,44 @@ MUTANTS = [
     Mutant(
         "non-finite step written by the fallback's device apply",
         FALLBACK,
-        "torch.where(keep, w.to(t.dtype), t, out=t)",
-        "t.copy_(w)",
+        "torch.where(keep, row.to(g.dtype), g, out=g)",
+        "g.copy_(row)",
         ("tests/test_functional.py", "-k", "nonfinite"),
     ),
     Mutant(
-        "layout cache key without the element count",
-        LAYOUT,
-        "(t.data_ptr(), t.numel(), t.dtype)",
-        "(t.data_ptr(), t.dtype)",
-        ("tests/test_kernels.py", "-k", "share_a_pointer"),
+        "plan key without the sizes (a stale plan for a larger or smaller tensor)",
+        PLAN,
+        "tuple(map(_size, grads)), ",
+        "",
+        ("tests/test_plan.py", "tests/test_kernels.py", "-k", "size or share_a_pointer or overlapping"),
     ),
     Mutant(
-        "layout cache key without the dtype",
-        LAYOUT,
-        "(t.data_ptr(), t.numel(), t.dtype)",
-        "(t.data_ptr(), t.numel())",
-        ("tests/test_kernels.py", "-k", "share_a_pointer"),
+        "plan key without the strides",
+        PLAN,
+        "tuple(map(_stride, grads)), ",
+        "",
+        ("tests/test_plan.py", "-k", "strides"),
+    ),
+    Mutant(
+        "plan key without the dtypes",
+        PLAN,
+        "tuple(map(_dtype, grads)), ",
+        "",
+        ("tests/test_plan.py", "tests/test_kernels.py", "-k", "dtype or share_a_pointer"),
+    ),
+    Mutant(
+        "plan key without the devices",
+        PLAN,
+        ", tuple(map(_device, grads))",
+        "",
+        ("tests/test_plan.py", "-k", "device"),
+    ),
+    Mutant(
+        "the last step's plan reused without comparing pointers",
+        PLAN,
+        "plan is None or plan.ptrs != ptrs or plan.backend != backend",
+        "plan is None or plan.backend != backend",
+        ("tests/test_plan.py", "-k", "reallocated"),
     ),
     Mutant(
         "finalize's arrival counter not reset after a step",

@@ -139,13 +139,19 @@ def test_a_float64_gradient_keeps_every_statistic_in_float64(backend):
     torch.testing.assert_close(grads[1], expected_outputs[1], rtol=1e-12, atol=1e-15)
 
 
-def test_device_apply_writes_nothing_when_told_not_to_keep():
-    grads = random_grads([(100,), (7, 7), (1,)], [torch.float32, torch.bfloat16, torch.float16], seed=8)
+def test_device_apply_writes_nothing_on_a_nonfinite_step(monkeypatch):
+    """The accelerator apply keeps every bit of a non-finite step, NaN payloads and signs included,
+    for small (stacked) and large (tiled) tensors alike, whatever the factors."""
+    monkeypatch.setattr(fallback, "host_apply", lambda device: False)
+    grads = random_grads([(100,), (7, 7), (1,), (fallback.STACK_MAX + 3,)], [torch.float32, torch.bfloat16, torch.float16, torch.bfloat16], seed=8)
     grads[0][0], grads[0][1], grads[0][2] = -0.0, math.inf, -math.nan
     grads[1][0, 0] = math.nan
+    grads[3][5] = -math.nan
     before = clone_all(grads)
+    plan = fallback.FallbackPlan(grads, torch.device("cpu"))
+    plan.partials(grads)
+    plan.apply_(grads, torch.full((4,), 3.0), torch.tensor(True), "gan", center=torch.full((4,), math.nan))
     for g, b in zip(grads, before):
-        fallback.apply_device_([g], torch.full((1,), math.nan), torch.full((1,), 3.0), torch.tensor(False), "gan")
         assert torch.equal(bits(g), bits(b))
 
 

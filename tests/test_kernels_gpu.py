@@ -156,3 +156,59 @@ def test_capture_a_whole_training_step():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert torch.equal(opt.gan_state.step, twin_opt.gan_state.step)
     assert static_loss.isfinite()
+
+
+def test_direct_launches_match_tritons_own_launch():
+    """After its first launch a plan launches the compiled kernels directly: bitwise the results
+    of Triton's own launch, which a new plan uses for its first step."""
+    from gan_kernels import plan as plans
+    from gan_kernels.functional import step
+
+    grads = cuda_grads(seed=5)
+    twin = clone_all(grads)
+    state, twin_state = GANState(device="cuda"), GANState(device="cuda")
+    held = None
+    for seed in range(3):
+        stats, held = step(grads, state, "gan", "triton", held)
+        plans._cache.clear()
+        plans._last = None
+        expected, _ = step(twin, twin_state, "gan", "triton")  # a new plan: Triton's own launch
+        for a, b in zip(grads + list(stats), twin + list(expected)):
+            assert torch.equal(a, b), seed
+        fresh = cuda_grads(seed=50 + seed)
+        for g, t, f in zip(grads, twin, fresh):
+            g.copy_(f)
+            t.copy_(f)
+    phases, apply_sites = held.runner.programs[("single_read", "gan")]
+    assert all(site.compiled is not None for site in [*phases[0][0], phases[0][1], *apply_sites])
+
+
+def test_a_captured_plan_outlives_other_layouts():
+    """A plan used inside CUDA-graph capture stays alive (tables, scratch) however many other
+    layouts go through the cache, until released: the graph replays correctly after 20 others."""
+    from gan_kernels import plan as plans
+
+    grads = cuda_grads(seed=6)
+    state, eager_state = GANState(device="cuda"), GANState(device="cuda")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        gan_(grads, state, backend="triton")
+    torch.cuda.current_stream().wait_stream(stream)
+    gan_(clone_all(grads), eager_state, backend="triton")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = gan_(grads, state, backend="triton")
+    for seed in range(20):
+        gan_(cuda_grads(seed=100 + seed), backend="triton")
+    fresh = cuda_grads(seed=7)
+    for g, f in zip(grads, fresh):
+        g.copy_(f)
+    eager = clone_all(fresh)
+    expected = gan_(eager, eager_state, backend="triton")
+    graph.replay()
+    torch.cuda.synchronize()
+    for a, b in zip(grads + list(captured), eager + list(expected)):
+        assert torch.equal(a, b)
+    del graph
+    assert plans.release_captured_plans() >= 1

@@ -15,8 +15,9 @@ for the whole list (the finalize launch)
     tensor i's tile partials start in the partials buffer shared by all groups.
 
 Everything is packed in one host buffer (pinned when the target is a GPU) and sent with a single
-non-blocking copy, so a rebuild never synchronises. The cache makes a training loop that keeps its
-gradient buffers rebuild nothing, which is also what lets a step be captured in a CUDA graph.
+non-blocking copy, so a rebuild never synchronises. A layout is built once per step plan
+(:mod:`gan_kernels.plan`), so a training loop that keeps its gradient buffers rebuilds nothing,
+which is also what lets a step be captured in a CUDA graph.
 
 Tiles hold ``TILE_BYTES`` bytes: 4096 float32 or 8192 float16/bfloat16 elements. On an H100 that
 is 16 KiB in flight per program, four 16-byte vector loads per thread at 8 warps, and for GPT-2
@@ -26,7 +27,6 @@ finalize combines small. Offsets are 64-bit throughout, so a tensor past 2**31 e
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -35,11 +35,10 @@ from torch import Tensor
 from ..validation import group_by_dtype
 
 TILE_BYTES = 16384
-CACHE_SIZE = 8
 
 
 def tile_elements(dtype: torch.dtype) -> int:
-    return TILE_BYTES // torch.empty((), dtype=dtype).element_size()
+    return TILE_BYTES // dtype.itemsize
 
 
 @dataclass(frozen=True)
@@ -75,10 +74,9 @@ class Layout:
     host_buffer: Tensor
 
 
-_cache: OrderedDict[tuple, Layout] = OrderedDict()
-
-
-def _build(tensors: list[Tensor], device: torch.device) -> Layout:
+def build_layout(tensors: list[Tensor], device: torch.device) -> Layout:
+    """The :class:`Layout` of ``tensors`` (dense, 16-byte aligned, on ``device``): tables filled on
+    the host in one go and sent with one non-blocking copy (never a host synchronisation)."""
     groups = group_by_dtype(tensors)
     numels = torch.tensor([t.numel() for t in tensors], dtype=torch.int64)
     tile_elems = torch.tensor([tile_elements(t.dtype) for t in tensors], dtype=torch.int64)
@@ -123,21 +121,3 @@ def _build(tensors: list[Tensor], device: torch.device) -> Layout:
         arrivals=torch.zeros(1, dtype=torch.int32, device=device),
         host_buffer=host,
     )
-
-
-def get_layout(tensors: list[Tensor]) -> Layout:
-    """The cached :class:`Layout` of ``tensors`` (dense, on one device), built on a miss.
-
-    The key is every tensor's data pointer, size and dtype, and the device: anything else about a
-    dense tensor (its shape, strides) does not change what the kernels read.
-    """
-    device = tensors[0].device
-    key = (device, *((t.data_ptr(), t.numel(), t.dtype) for t in tensors))
-    layout = _cache.get(key)
-    if layout is None:
-        layout = _cache[key] = _build(tensors, device)
-        while len(_cache) > CACHE_SIZE:
-            _cache.popitem(last=False)
-    else:
-        _cache.move_to_end(key)
-    return layout
