@@ -3,23 +3,26 @@ gradients, timing, and the count of kernel launches per step."""
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import importlib.util
 import logging
 import math
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from unittest import mock
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks.shapes import SETS
-from gan_kernels import GANState, gan_, reference
+from gan_kernels import GANState, gan_, reference, rule
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-IMPLEMENTATIONS = ("reference", "compiled", "torch", "triton")
+IMPLEMENTATIONS = ("reference", "compiled", "foreach-eager", "torch", "triton")
 
 Step = Callable[[list[torch.Tensor], GANState], object]
 
@@ -39,6 +42,21 @@ def available(implementation: str, device: str) -> bool:
     return implementation != "triton" or (device == "cuda" and importlib.util.find_spec("triton") is not None)
 
 
+def foreach_eager(grads: list[torch.Tensor], state: GANState) -> None:
+    """The plain multi-tensor anchor: a mean per tensor, then ``torch._foreach_sub_``,
+    ``torch._foreach_norm`` and ``torch._foreach_mul_`` over the list, in each tensor's own dtype
+    (no float32 scratch, no non-finite handling): what a user would write with ``_foreach`` ops."""
+    means = [g.mean() for g in grads]
+    torch._foreach_sub_(grads, means)
+    squares = torch.stack(torch._foreach_norm(grads)).float().square()
+    count = sum(g.numel() for g in grads)
+    sigma = torch.sqrt(squares.sum() / max(count - 1, 1))
+    alpha, exponent = rule.autoscale(sigma, state.exponent)
+    state.exponent.copy_(exponent)
+    state.step.add_(1)
+    torch._foreach_mul_(grads, alpha.to(grads[0].dtype))
+
+
 def make_step(implementation: str) -> Step:
     """A fresh ``step(grads, state)`` for one implementation; ``compiled`` is ``torch.compile`` of
     the reference with dynamo's caches reset, so each gradient set compiles on its own."""
@@ -49,6 +67,8 @@ def make_step(implementation: str) -> Step:
         # The reference reads its non-finite flag on the host: dynamo reports that graph break.
         logging.getLogger("torch._dynamo").setLevel(logging.ERROR)
         return torch.compile(reference.gan_)
+    if implementation == "foreach-eager":
+        return foreach_eager
     backend = implementation
     return lambda grads, state: gan_(grads, state, backend=backend)
 
@@ -130,3 +150,56 @@ def cuda_graph_median(step: Step, grads: list[torch.Tensor], state: GANState) ->
     with torch.cuda.graph(graph):
         step(grads, state)
     return cuda_median(graph.replay)
+
+
+@contextlib.contextmanager
+def kernel_launches_stubbed() -> Iterator[None]:
+    """Replace every Triton kernel launch by a no-op: what remains of a step is its host side."""
+    from gan_kernels.kernels import launch
+
+    with mock.patch.object(launch, "_launch", lambda *args, **kwargs: None):
+        yield
+
+
+def host_times(set_name: str, device: str, steps: int = 50, cold_steps: int = 20) -> dict:
+    """Host microseconds of one ``gan_`` step on the Triton path with the kernel launches stubbed,
+    median over ``steps``: ``steady`` (the same gradient buffers every step) and ``cold`` (new
+    buffers every step, so the tables are rebuilt). The gradients are left uninitialised: no
+    kernel reads them. On CPU tensors the Triton path needs ``TRITON_INTERPRET=1``."""
+    shapes = SETS[set_name]()
+
+    def fresh() -> list[torch.Tensor]:
+        return [torch.empty(shape, device=device) for shape in shapes]
+
+    def timed(grads: list[torch.Tensor], state: GANState) -> float:
+        start = time.perf_counter()
+        gan_(grads, state, backend="triton")
+        return time.perf_counter() - start
+
+    grads, state = fresh(), GANState(device=device)
+    with kernel_launches_stubbed():
+        for _ in range(5):
+            timed(grads, state)
+        steady = statistics.median(timed(grads, state) for _ in range(steps))
+        # Keep recent lists alive so that no new list can reuse the addresses of a cached one.
+        recent = collections.deque(maxlen=12)
+        cold = []
+        for _ in range(cold_steps):
+            recent.append(fresh())
+            cold.append(timed(recent[-1], state))
+    return {"set": set_name, "tensors": len(shapes), "steady_us": steady * 1e6,
+            "steady_us_per_tensor": steady * 1e6 / len(shapes), "cold_us": statistics.median(cold) * 1e6}
+
+
+def launched_step_us(set_name: str, steps: int = 200) -> float:
+    """Wall microseconds per ``gan_`` step on CUDA with the kernels launched, the queue drained only
+    at the end: the host side plus the launches, where that exceeds the GPU's own time."""
+    grads, state = make_grads(set_name, torch.float32, "cuda"), GANState(device="cuda")
+    for _ in range(10):
+        gan_(grads, state, backend="triton")
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        gan_(grads, state, backend="triton")
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps * 1e6

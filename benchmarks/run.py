@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -35,6 +36,8 @@ from benchmarks.common import (  # noqa: E402
     cuda_median,
     device_name,
     elements,
+    host_times,
+    launched_step_us,
     launches_per_step,
     make_grads,
     make_step,
@@ -98,13 +101,19 @@ def measure(set_name: str, dtype_name: str, device: str, implementations: list[s
     return rows
 
 
-def format_table(rows: list[dict]) -> str:
-    columns = [
-        ("set", "{}"), ("implementation", "{}"), ("dtype", "{}"), ("median_ms", "{:.3f}"),
-        ("speedup_vs_reference", "{:.2f}x"), ("effective_gb_s", "{:.1f}"), ("copy_gb_s", "{:.1f}"),
-        ("fraction_of_copy_bw", "{:.0%}"), ("launches", "{}"), ("graph_replay_ms", "{:.3f}"),
-    ]
-    cells = [[("-" if row[name] is None else fmt.format(row[name])) for name, fmt in columns] for row in rows]
+ROW_COLUMNS = [
+    ("set", "{}"), ("implementation", "{}"), ("dtype", "{}"), ("median_ms", "{:.3f}"),
+    ("speedup_vs_reference", "{:.2f}x"), ("effective_gb_s", "{:.1f}"), ("copy_gb_s", "{:.1f}"),
+    ("fraction_of_copy_bw", "{:.0%}"), ("launches", "{}"), ("graph_replay_ms", "{:.3f}"),
+]
+HOST_COLUMNS = [
+    ("set", "{}"), ("tensors", "{}"), ("steady_us", "{:.1f}"), ("steady_us_per_tensor", "{:.2f}"),
+    ("cold_us", "{:.1f}"), ("launched_us", "{:.1f}"),
+]
+
+
+def format_table(rows: list[dict], columns: list[tuple[str, str]] = ROW_COLUMNS) -> str:
+    cells = [[("-" if row.get(name) is None else fmt.format(row[name])) for name, fmt in columns] for row in rows]
     widths = [max(len(name), *(len(c[i]) for c in cells)) for i, (name, _) in enumerate(columns)]
     lines = ["  ".join(name.ljust(w) for (name, _), w in zip(columns, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(c, widths)) for c in cells]
@@ -114,6 +123,33 @@ def format_table(rows: list[dict]) -> str:
 def result_path(device: str) -> Path:
     slug = re.sub(r"[^a-z0-9]+", "-", device_name(device).lower()).strip("-")
     return RESULTS / f"{slug}-{datetime.date.today().isoformat()}.json"
+
+
+def host_only(args) -> list[dict]:
+    """The host side of one Triton step per set (float32): steady state and cold, and on CUDA the
+    wall time per step with the kernels really launched."""
+    if args.device == "cpu":
+        # On CPU tensors the Triton path runs only under the interpreter; no kernel runs here.
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    rows = []
+    for set_name in tqdm(args.sets or list(SETS), desc="host side", unit="set", file=sys.stderr):
+        row = host_times(set_name, args.device)
+        row["device"] = device_name(args.device)
+        if args.device == "cuda":
+            row["launched_us"] = launched_step_us(set_name)
+        rows.append(row)
+    print(f"device: {device_name(args.device)}; torch {torch.__version__}; host microseconds per gan_ step, kernel launches stubbed")
+    print(format_table(rows, HOST_COLUMNS))
+    write_rows(rows, args)
+    return rows
+
+
+def write_rows(rows: list[dict], args) -> None:
+    for path in [args.json, result_path(args.device) if args.save else None]:
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(rows, indent=2) + "\n")
+            print(f"wrote {path}")
 
 
 def main(argv=None) -> list[dict]:
@@ -126,9 +162,13 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--repeats", type=int, help="timed steps per implementation on a CPU (default 30, 10 with --quick)")
     parser.add_argument("--json", type=Path, help="write the rows to this JSON file")
     parser.add_argument("--save", action="store_true", help="write the rows to benchmarks/results/<device>-<date>.json")
+    parser.add_argument("--host-only", action="store_true",
+                        help="time the host side of a Triton step (kernel launches stubbed), steady and cold")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
+    if args.host_only:
+        return host_only(args)
     sets = args.sets or (QUICK_SETS if args.quick else list(SETS))
     repeats = args.repeats or (10 if args.quick else 30)
     implementations = [name for name in args.implementations if available(name, args.device)]
@@ -141,11 +181,7 @@ def main(argv=None) -> list[dict]:
         rows += measure(set_name, dtype_name, args.device, implementations, repeats)
     print(f"device: {device_name(args.device)}; torch {torch.__version__}")
     print(format_table(rows))
-    for path in [args.json, result_path(args.device) if args.save else None]:
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(rows, indent=2) + "\n")
-            print(f"wrote {path}")
+    write_rows(rows, args)
     return rows
 
 

@@ -40,10 +40,23 @@ def gpt2_small() -> list[Shape]:
     return [(50257, 768), (1024, 768)] + per_block * 12
 
 
+SYNTHETIC_SHAPES: tuple[Shape, ...] = (
+    (64, 64), (128, 64), (64, 3, 3, 3), (256, 32), (32, 32, 3, 3),
+    (512, 16), (100, 64), (48, 48), (96, 32, 1, 1), (200, 20),
+)
+
+
+def synthetic(count: int = 400) -> list[Shape]:
+    """``count`` small weights cycling through ten shapes: many tensors and little data, the case
+    where a step's host side, not memory, sets its time."""
+    return [SYNTHETIC_SHAPES[i % len(SYNTHETIC_SHAPES)] for i in range(count)]
+
+
 SETS = {
     "resnet20": lambda: cifar_resnet(20),
     "resnet56": lambda: cifar_resnet(56),
     "vgg16_bn": cifar_vgg16_bn,
     "gpt2_small": gpt2_small,
     "tensor_64m": lambda: [(8192, 8192)],
+    "synthetic_400": synthetic,
 }
