@@ -120,9 +120,9 @@ def format_table(rows: list[dict], columns: list[tuple[str, str]] = ROW_COLUMNS)
     return "\n".join(lines)
 
 
-def result_path(device: str) -> Path:
+def result_path(device: str, suffix: str = "") -> Path:
     slug = re.sub(r"[^a-z0-9]+", "-", device_name(device).lower()).strip("-")
-    return RESULTS / f"{slug}-{datetime.date.today().isoformat()}.json"
+    return RESULTS / f"{slug}-{datetime.date.today().isoformat()}{suffix}.json"
 
 
 def host_only(args) -> list[dict]:
@@ -140,12 +140,12 @@ def host_only(args) -> list[dict]:
         rows.append(row)
     print(f"device: {device_name(args.device)}; torch {torch.__version__}; host microseconds per gan_ step, kernel launches stubbed")
     print(format_table(rows, HOST_COLUMNS))
-    write_rows(rows, args)
+    write_rows(rows, args, "-host")
     return rows
 
 
-def write_rows(rows: list[dict], args) -> None:
-    for path in [args.json, result_path(args.device) if args.save else None]:
+def write_rows(rows: list[dict], args, suffix: str = "") -> None:
+    for path in [args.json, result_path(args.device, suffix) if args.save else None]:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(rows, indent=2) + "\n")

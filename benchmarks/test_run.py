@@ -17,3 +17,15 @@ def test_runner_writes_one_row_per_implementation(tmp_path, capsys):
     assert next(r for r in rows if r["implementation"] == "reference")["speedup_vs_reference"] == 1.0
     table = capsys.readouterr().out
     assert "resnet20" in table and "fraction_of_copy_bw" in table
+
+
+def test_host_only_times_the_host_side_of_each_set(tmp_path, capsys):
+    path = tmp_path / "host.json"
+    rows = run.main(["--host-only", "--sets", "resnet20", "synthetic_400", "--json", str(path)])
+    assert json.loads(path.read_text()) == rows
+    assert [row["set"] for row in rows] == ["resnet20", "synthetic_400"]
+    for row in rows:
+        assert row["steady_us"] > 0 and row["cold_us"] > 0
+        assert row["steady_us_per_tensor"] == row["steady_us"] / row["tensors"]
+    assert rows[1]["tensors"] == 400
+    assert "steady_us" in capsys.readouterr().out
