@@ -4,8 +4,11 @@ PYTHON := $(VENV)/bin/python
 # The CPU build of torch, pinned so that a fresh install is quick.
 TORCH_PIN ?= torch==2.13.0
 TEST_PINS ?= triton==3.8.0
+# The oldest Triton the kernels must compile with (the GPU image's); installed beside the venv's.
+TRITON_COMPAT ?= triton==3.6.0
+GPU_CHECK_OUT ?= gpu-check
 
-.PHONY: install demo test bench aot mutants clean
+.PHONY: install demo test bench aot aot-compat gpu-check mutants clean
 
 $(PYTHON):
 	python3 -m venv $(VENV)
@@ -26,6 +29,15 @@ bench: install
 
 aot: install
 	$(PYTHON) -m gan_kernels.kernels.aot --arch 90
+
+# Every kernel variant must also compile with TRITON_COMPAT: its compiler is checked here, without a GPU.
+aot-compat: install
+	$(PYTHON) -m pip install --quiet --no-deps --upgrade --target $(VENV)/triton-compat "$(TRITON_COMPAT)"
+	PYTHONPATH=$(VENV)/triton-compat $(PYTHON) -m gan_kernels.kernels.aot --arch 90
+
+# On a GPU machine, with the system Python (no virtual environment, no installs).
+gpu-check:
+	PYTHONPATH=. python3 benchmarks/gpu_check.py --out $(GPU_CHECK_OUT)
 
 # Plant known bugs one at a time and check that the tests catch each (slow; not part of `test`).
 mutants: install
