@@ -121,7 +121,9 @@ class Check:
             self.env["TRITON_INTERPRET"] = "1"
 
     def box(self, stage: str) -> float:
-        return max(0.0, min(SHARES[stage] * self.budget, self.deadline - time.monotonic()))
+        """The stage's share of the budget among the stages that run, at most what is left."""
+        share = SHARES[stage] / sum(SHARES[name] for name in self.names)
+        return max(0.0, min(share * self.budget, self.deadline - time.monotonic()))
 
     def log(self, stage: str) -> Path:
         return self.out / f"{stage}.log"
@@ -152,12 +154,14 @@ class Check:
 
     def tests_stage(self, stage: Stage) -> None:
         report = self.scratch / "tests.xml"
-        command = python("-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE", "--tb=short", f"--junitxml={report}")
+        # -v names every test as it ends, so a log cut off at the time limit still says which failed.
+        command = python("-m", "pytest", "-v", "-p", "no:cacheprovider", "-rfE", "--tb=short", "--durations=15",
+                         f"--junitxml={report}")
         command += ["tests/test_rule.py", "tests/test_state.py"] if self.dry_run else ["tests"]
         if has_module("pytest_timeout"):
             command.append("--timeout=120")
         if has_module("xdist") and not self.dry_run:
-            command += ["-n", str(min(8, os.cpu_count() or 1))]
+            command += ["-n", str(min(12, os.cpu_count() or 1))]
         result = run(command, self.box("tests"), self.log("tests"), self.env)
         counts, failed = _junit_counts(report)
         stage.data = {**counts, "failed_tests": failed}
@@ -259,6 +263,7 @@ class Check:
     # -- the whole run ------------------------------------------------------------------------
 
     def __call__(self, names: list[str]) -> list[Stage]:
+        self.names = names
         self.out.mkdir(parents=True, exist_ok=True)
         for stale in self.out.glob("*.log"):
             stale.unlink()

@@ -9,9 +9,10 @@ number of *distinct sizes* among the small gradients, not on the number of gradi
   class*). Per class: the row means, the rows centered in place, the rows' squared norms (M2) —
   two-pass numerics in cache. The apply scales the centered rows in place and one
   ``torch._foreach_copy_`` writes every tensor back, rounded once into its own dtype.
-* **Large tensors** are cut into tiles of ``TILE`` elements, small enough to stay in cache between
-  a tile's mean and its squared deviations; tiles are combined with Chan's formula. The apply takes
-  one fused pass per tensor (float16/bfloat16 through a float32 tile, rounded once).
+* **Large tensors**, on the CPU, are cut into tiles of ``TILE`` elements, small enough to stay in
+  cache between a tile's mean and its squared deviations; tiles are combined with Chan's formula.
+  On an accelerator each takes a mean and a variance reduction. The apply takes one fused
+  pass per tensor (float16/bfloat16 through float32, rounded once).
 
 Statistics are computed in *slot order* (the small tensors class by class, then the large ones);
 the finalize works in that order too, and only the reported means and stds are permuted back to
@@ -48,7 +49,9 @@ def device_tensor(values: list, device: torch.device, dtype: torch.dtype = torch
 
 
 def host_apply(device: torch.device) -> bool:
-    """Whether the apply reads its factors on the host: on the CPU only, where that costs nothing."""
+    """Whether ``device`` takes the CPU's ways: statistics of large tensors in cache-sized tiles, and
+    an apply that reads its factors on the host (free there). Elsewhere: one Welford reduction per
+    large tensor and every factor left on the device."""
     return device.type == "cpu"
 
 
@@ -149,7 +152,16 @@ class FallbackPlan:
             torch.linalg.vector_norm(block, dim=1, out=m2[first:last])
         m2[: len(self.small)].square_()
         for slot, i in enumerate(self.large, start=len(self.small)):
-            means[slot], m2[slot] = self._tiled_partials(grads[i].reshape(-1))
+            if host_apply(self.device):
+                means[slot], m2[slot] = self._tiled_partials(grads[i].reshape(-1))
+            else:
+                # On an accelerator two reductions per tensor beat tiles, each of which would cost
+                # several small launches: the mean by a cascade sum (accurate), the variance by a
+                # Welford reduction (stable; about its own mean, which differs from ours by far
+                # less than the spread, so M2 about ours is the same to first order).
+                x = grads[i].to(self.acc)
+                means[slot] = x.mean()
+                m2[slot] = x.var(correction=0) * x.numel()
         self.local_means = means
         return self.counts, means, m2
 

@@ -151,7 +151,7 @@ def refill(grads: list[Tensor], originals: list[Tensor], step: int) -> None:
     for g, x in zip(grads, originals):
         x = x.to(torch.float64)
         spread = x.std().item() if x.numel() > 1 else 0.0
-        noise = torch.randn(x.shape, generator=generator, dtype=torch.float64) * 0.5 * spread
+        noise = torch.randn(x.shape, generator=generator, dtype=torch.float64).to(x.device) * 0.5 * spread
         g.copy_(((x + noise) * factor).to(g.dtype))
 
 

@@ -16,7 +16,8 @@ FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
 @pytest.fixture(params=["host", "device"])
 def apply_path(request, monkeypatch):
-    """Run the fallback with its CPU apply, or with the accelerator apply forced onto the CPU."""
+    """Run the fallback the CPU's way, or the accelerators' way (Welford statistics of large
+    tensors, factors left on the device) forced onto the CPU."""
     if request.param == "device":
         monkeypatch.setattr(fallback, "host_apply", lambda device: False)
     return request.param
