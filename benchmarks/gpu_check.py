@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 STAGES = ("env", "tests", "sanitizer", "bench", "host", "aot")
 # Shares of the budget per stage; a stage gets at most its share and never more than what is left.
-SHARES = {"env": 0.03, "tests": 0.32, "sanitizer": 0.22, "bench": 0.27, "host": 0.08, "aot": 0.08}
+SHARES = {"env": 0.02, "tests": 0.40, "sanitizer": 0.15, "bench": 0.28, "host": 0.07, "aot": 0.08}
 SANITIZER_TOOLS = ("memcheck", "racecheck", "synccheck", "initcheck")
 TARGET_SPEEDUP_VS_REFERENCE = 20.0
 TARGET_SPEEDUP_VS_COMPILED = 2.0
@@ -200,7 +200,9 @@ class Check:
                 code = None
             with self.log("sanitizer").open("a") as handle:
                 handle.write(f"$ {' '.join(command)}\n{output}\n")
-            errors = re.findall(r"ERROR SUMMARY: (\d+) error", output)
+            # memcheck, synccheck and initcheck end with "ERROR SUMMARY: N errors", racecheck with
+            # "RACECHECK SUMMARY: N hazards displayed (E errors, W warnings)".
+            errors = re.findall(r"(?:ERROR SUMMARY: |RACECHECK SUMMARY: .*?\()(\d+) error", output)
             found[tool] = {"exit": code, "errors": int(errors[-1]) if errors else None, "driver_ok": "driver: ok" in output}
         stage.data = found
         stage.note = "; ".join(

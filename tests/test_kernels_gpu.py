@@ -108,7 +108,8 @@ def test_a_tensor_past_two_to_the_31_elements():
 
 def test_capture_a_whole_training_step():
     """The README's CUDA-graph recipe: forward, backward and GAN.step with a capturable AdamW,
-    captured once and replayed on new batches, against the same steps run eagerly."""
+    captured once and replayed on new batches, against the same steps run eagerly (the eager
+    steps' host syncs are checked by the tests of cold and steady steps)."""
     import copy
 
     torch.manual_seed(0)
@@ -138,20 +139,18 @@ def test_capture_a_whole_training_step():
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         static_loss = train_step()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for seed in range(3):
-            generator = torch.Generator(device="cuda").manual_seed(seed)
-            x = torch.randn(16, 32, device="cuda", generator=generator)
-            y = torch.randint(0, 10, (16,), device="cuda", generator=generator)
-            static_x.copy_(x)
-            static_y.copy_(y)
-            graph.replay()
-            twin_opt.zero_grad(set_to_none=False)
-            torch.nn.functional.cross_entropy(twin(x), y).backward()
-            twin_opt.step()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    for seed in range(3):
+        generator = torch.Generator(device="cuda").manual_seed(seed)
+        x = torch.randn(16, 32, device="cuda", generator=generator)
+        y = torch.randint(0, 10, (16,), device="cuda", generator=generator)
+        static_x.copy_(x)
+        static_y.copy_(y)
+        graph.replay()
+        twin_opt.zero_grad(set_to_none=False)
+        torch.nn.functional.cross_entropy(twin(x), y).backward()
+        twin_opt.step()
+        torch.testing.assert_close(opt.last_stats.global_std, twin_opt.last_stats.global_std, msg=f"step {seed}")
+        torch.testing.assert_close(opt.last_stats.alpha, twin_opt.last_stats.alpha, msg=f"step {seed}")
     for a, b in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert torch.equal(opt.gan_state.step, twin_opt.gan_state.step)
@@ -185,22 +184,27 @@ def test_direct_launches_match_tritons_own_launch():
 
 def test_a_captured_plan_outlives_other_layouts():
     """A plan used inside CUDA-graph capture stays alive (tables, scratch) however many other
-    layouts go through the cache, until released: the graph replays correctly after 20 others."""
+    layouts go through the cache, until released: the graph replays correctly after 20 others
+    have evicted it from the cache."""
     from gan_kernels import plan as plans
 
     grads = cuda_grads(seed=6)
     state, eager_state = GANState(device="cuda"), GANState(device="cuda")
+    gan_(clone_all(grads), eager_state, backend="triton")  # the same first step, eagerly
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        gan_(grads, state, backend="triton")
+        gan_(grads, state, backend="triton")  # builds the plan, compiles the kernels
     torch.cuda.current_stream().wait_stream(stream)
-    gan_(clone_all(grads), eager_state, backend="triton")
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         captured = gan_(grads, state, backend="triton")
-    for seed in range(20):
-        gan_(cuda_grads(seed=100 + seed), backend="triton")
+    plan = plans.lookup(grads, "triton")
+    assert plan.captured
+    others = [cuda_grads(seed=100 + seed) for seed in range(20)]  # alive: twenty distinct layouts
+    for other in others:
+        gan_(other, backend="triton")
+    assert plan not in plans._cache.values()
     fresh = cuda_grads(seed=7)
     for g, f in zip(grads, fresh):
         g.copy_(f)
@@ -211,4 +215,23 @@ def test_a_captured_plan_outlives_other_layouts():
     for a, b in zip(grads + list(captured), eager + list(expected)):
         assert torch.equal(a, b)
     del graph
-    assert plans.release_captured_plans() >= 1
+    assert plans.release_captured_plans() >= 1 and not plan.captured
+
+
+def test_cold_steps_have_no_host_sync():
+    """New gradient buffers every step (a new plan each time, tables sent with a non-blocking copy
+    from pinned memory) and a new optimizer's first step: nothing waits for the device."""
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).cuda()
+    opt = GAN(torch.optim.SGD(model.parameters(), lr=0.1))
+    model(torch.randn(8, 16, device="cuda")).square().mean().backward()
+    lists = [cuda_grads(seed=200 + seed) for seed in range(3)]
+    gan_(clone_all(lists[0]), backend="triton")  # compile outside the checked region
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for grads in lists:
+            gan_(grads, GANState(device="cuda"), backend="triton")
+            gan_(clone_all(grads), GANState(device="cuda"), backend="torch")
+        opt.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -138,8 +138,11 @@ def test_the_cache_evicts_only_what_nothing_else_holds(backend):
     train(twin, twin_opt)
     held = opt._plan
     tables = held.runner.layout.numels.data_ptr() if backend == "triton" else held.runner.work.data_ptr()
-    for seed in range(20):
-        gan_(fresh([(20 + seed, 3), (7,)], seed=seed), backend=backend)
+    # Twenty other layouts, kept alive so that none can reuse another's addresses (a CUDA caching
+    # allocator hands freed blocks straight back, and a reused address is the same layout).
+    others = [fresh([(20 + seed, 3), (7,)], seed=seed) for seed in range(20)]
+    for grads in others:
+        gan_(grads, backend=backend)
     assert held not in plans._cache.values()
     for _ in range(2):
         train(model, opt)
