@@ -24,7 +24,6 @@ non-finite step leaves every bit as it was (NaN payloads included) without a hos
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 
 import torch
@@ -48,10 +47,10 @@ def device_tensor(values: list, device: torch.device, dtype: torch.dtype = torch
     return host.pin_memory().to(device, non_blocking=True)
 
 
-def host_apply(device: torch.device) -> bool:
-    """Whether ``device`` takes the CPU's ways: statistics of large tensors in cache-sized tiles, and
-    an apply that reads its factors on the host (free there). Elsewhere: one Welford reduction per
-    large tensor and every factor left on the device."""
+def on_host(device: torch.device) -> bool:
+    """Whether ``device`` is the host's: statistics of large tensors in cache-sized tiles, and an
+    apply that reads its factors on the host (free there). Elsewhere: two reductions per large
+    tensor, and every factor left on the device."""
     return device.type == "cpu"
 
 
@@ -71,9 +70,7 @@ def finalize(counts: Tensor, means: Tensor, m2: Tensor, state: GANState, mode: s
     total = counts.sum()
     sigma = torch.where(total > 1, torch.sqrt(m2.sum() / (total - 1).clamp(min=1)), 0.0)
     stds = torch.where(counts > 1, torch.sqrt(m2 / (counts - 1).clamp(min=1)), 0.0)
-    # sigma < inf is False for NaN and inf, and so is |mean| < inf: comparisons are the cheapest
-    # finiteness test on the small tensors of a finalize.
-    nonfinite = ~((sigma < math.inf) & (means.abs() < math.inf).all())
+    nonfinite = ~(torch.isfinite(sigma) & torch.isfinite(means).all())
     alpha, exponent = autoscale(sigma, state.exponent)
     state.exponent.copy_(torch.where(nonfinite, state.exponent, exponent))
     state.step.add_((~nonfinite).to(state.step.dtype))
@@ -145,14 +142,13 @@ class FallbackPlan:
             torch._foreach_copy_(self.rows, [grads[i] for i in self.small])
         for block, first, last in self.blocks:
             torch.sum(block, 1, out=means[first:last])
-        small = means[: len(self.small)]
-        small.div_(self.counts[: len(self.small)])
+        means[: len(self.small)].div_(self.counts[: len(self.small)])
         for block, first, last in self.blocks:
             block.sub_(means[first:last, None])
             torch.linalg.vector_norm(block, dim=1, out=m2[first:last])
         m2[: len(self.small)].square_()
         for slot, i in enumerate(self.large, start=len(self.small)):
-            if host_apply(self.device):
+            if on_host(self.device):
                 means[slot], m2[slot] = self._tiled_partials(grads[i].reshape(-1))
             else:
                 # On an accelerator two reductions per tensor beat tiles, each of which would cost
@@ -195,8 +191,8 @@ class FallbackPlan:
         :meth:`partials` computed (then the centered rows in ``work`` are used as they are), and is
         given when the means come from elsewhere (sharded gradients: the whole tensors' means).
         """
-        on_host = host_apply(self.device)
-        if on_host and nonfinite.item():
+        host = on_host(self.device)
+        if host and nonfinite.item():
             return
         if center is None:
             center = self.local_means
@@ -211,18 +207,18 @@ class FallbackPlan:
                 block.mul_(scale[first:last, None])
         small = [grads[i] for i in self.small]
         keep = ~nonfinite
-        if on_host:
+        if host:
             if small:
                 torch._foreach_copy_(small, self.rows)
         else:
             for g, row in zip(small, self.rows):
                 torch.where(keep, row.to(g.dtype), g, out=g)
         for slot, i in enumerate(self.large, start=len(self.small)):
-            self._apply_large_(grads[i], center[slot], scale[slot], on_host, keep)
+            self._apply_large_(grads[i], center[slot], scale[slot], host, keep)
 
-    def _apply_large_(self, g: Tensor, shift: Tensor, scale: Tensor, on_host: bool, keep: Tensor) -> None:
+    def _apply_large_(self, g: Tensor, shift: Tensor, scale: Tensor, host: bool, keep: Tensor) -> None:
         acc = arithmetic_dtype(g.dtype)
-        if not on_host:
+        if not host:
             result = ((g.to(acc) - shift) * scale).to(g.dtype)
             torch.where(keep, result, g, out=g)
             return

@@ -8,8 +8,6 @@ and the reference call it.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -30,13 +28,12 @@ def autoscale(sigma: Tensor, exponent: Tensor) -> tuple[Tensor, Tensor]:
         ``sigma`` is finite and positive it becomes ``p = 1 / max(1, -ln sigma)``, else it is returned
         unchanged. Pure: nothing is modified, and nothing leaves the device (no host sync).
     """
-    # Comparisons rather than isfinite/isnan: the same results with a third of the operations
-    # (a step's finalize runs these on 0-d tensors, where each operation's cost is its overhead).
-    usable = (sigma > 0) & (sigma < math.inf)
-    safe_sigma = torch.where(usable, sigma, 1.0)
-    unset = exponent != exponent
+    usable = torch.isfinite(sigma) & (sigma > 0)
+    safe_sigma = torch.where(usable, sigma, torch.ones_like(sigma))
     first_exponent = 1.0 / torch.clamp(-torch.log(safe_sigma), min=1.0)
-    exponent = torch.where(usable & unset, first_exponent.to(exponent.dtype), exponent)
+    exponent = torch.where(
+        usable & torch.isnan(exponent), first_exponent.to(exponent.dtype), exponent
+    )
     scaled = torch.clamp(safe_sigma.to(exponent.dtype) ** exponent, max=1.0).to(sigma.dtype)
-    alpha = torch.where(usable & (exponent == exponent), scaled, 1.0)
+    alpha = torch.where(usable & ~torch.isnan(exponent), scaled, torch.ones_like(sigma))
     return alpha, exponent

@@ -19,7 +19,7 @@ def apply_path(request, monkeypatch):
     """Run the fallback the CPU's way, or the accelerators' way (Welford statistics of large
     tensors, factors left on the device) forced onto the CPU."""
     if request.param == "device":
-        monkeypatch.setattr(fallback, "host_apply", lambda device: False)
+        monkeypatch.setattr(fallback, "on_host", lambda device: False)
     return request.param
 
 
@@ -143,7 +143,7 @@ def test_a_float64_gradient_keeps_every_statistic_in_float64(backend):
 def test_device_apply_writes_nothing_on_a_nonfinite_step(monkeypatch):
     """The accelerator apply keeps every bit of a non-finite step, NaN payloads and signs included,
     for small (stacked) and large (tiled) tensors alike, whatever the factors."""
-    monkeypatch.setattr(fallback, "host_apply", lambda device: False)
+    monkeypatch.setattr(fallback, "on_host", lambda device: False)
     grads = random_grads([(100,), (7, 7), (1,), (fallback.STACK_MAX + 3,)], [torch.float32, torch.bfloat16, torch.float16, torch.bfloat16], seed=8)
     grads[0][0], grads[0][1], grads[0][2] = -0.0, math.inf, -math.nan
     grads[1][0, 0] = math.nan
