@@ -415,7 +415,7 @@ def driver() -> int:
     dtypes = [torch.float32, torch.float32, torch.float32, torch.float32, torch.bfloat16, torch.bfloat16,
               torch.float16, torch.float32, torch.float16]
     for form in ("single_read", "two_pass"):
-        for mode in ("gan", "gc", "znorm"):
+        for mode in ("gan", "center", "gc", "znorm"):
             grads = [g.to(device) for g in random_grads(shapes, dtypes, seed=len(mode), scale=1e-3, offset=2e-4)]
             base = torch.randn(40, 30, device=device)
             grads.append(base[:, ::3])

@@ -5,7 +5,10 @@ gradient dynamics behind them.
     python examples/train.py --dataset cifar100 --data-dir DIR --model resnet56 --epochs 200 --device cuda
 
 Every method trains the same model from the same seed on the same batches: ``adamw`` is plain
-AdamW; ``gc``, ``znorm`` and ``gan`` wrap it in ``gan_kernels.GAN`` with that mode. The GAN-wrapped
+AdamW; ``gc`` (Gradient Centralization as its authors define it: one mean per output channel),
+``center`` (one mean per tensor: GAN without the autoscale), ``znorm`` and ``gan`` wrap it in
+``gan_kernels.GAN`` with that mode. The default is the paper's comparison: AdamW, GC, ZNorm and
+GAN. The GAN-wrapped
 runs record, at no extra pass over the gradients, every eligible layer's gradient std, the global
 std and alpha, and the coherence cos(g_t, g_{t-1}) of consecutive gradients. ``--out`` receives
 ``metrics.json`` (final accuracies and per-epoch curves), one ``gradients_<method>.csv`` per
@@ -40,7 +43,9 @@ def _load_sibling(name):
 models = _load_sibling("models")
 data = _load_sibling("data")
 
-METHODS = ("adamw", "gc", "znorm", "gan")
+METHODS = ("adamw", "gc", "center", "znorm", "gan")
+# The paper's comparison.
+DEFAULT_METHODS = ("adamw", "gc", "znorm", "gan")
 DATASETS = ("digits", "cifar100")
 DIGITS_SIZE = 16  # the 8x8 digits upsampled, so that ResNet's three stages keep a 4x4 map
 
@@ -54,7 +59,8 @@ def parse_args(argv=None):
     parser.add_argument("--model", default="resnet20", help=f"one of {', '.join(models.MODELS)}")
     parser.add_argument("--dataset", default="digits", help=f"one of {', '.join(DATASETS)}")
     parser.add_argument("--data-dir", type=Path, help="for cifar100: the folder with cifar-100-python(.tar.gz)")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from " + ", ".join(METHODS))
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                        help=f"comma-separated, from {', '.join(METHODS)} (default: {','.join(DEFAULT_METHODS)})")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -119,7 +125,7 @@ def train_method(method, args, images, augmented, device):
     steps = -(-len(y_train) // args.batch_size)
     curves = {"loss": [], "test_accuracy": []}
     start = time.perf_counter()
-    with tqdm(total=args.epochs * steps, desc=f"{method:>5}", unit="step", leave=False, file=sys.stderr) as bar:
+    with tqdm(total=args.epochs * steps, desc=f"{method:>6}", unit="step", leave=False, file=sys.stderr) as bar:
         for epoch in range(1, args.epochs + 1):
             model.train()
             order = torch.randperm(len(y_train), generator=shuffle).to(device)
@@ -138,7 +144,7 @@ def train_method(method, args, images, augmented, device):
             scheduler.step()
             curves["loss"].append(total.item() / len(y_train))
             curves["test_accuracy"].append(accuracy(model, x_test, y_test))
-            line = f"{method:>5}  epoch {epoch:3d}  loss {curves['loss'][-1]:.4f}  test acc {curves['test_accuracy'][-1]:.4f}"
+            line = f"{method:>6}  epoch {epoch:3d}  loss {curves['loss'][-1]:.4f}  test acc {curves['test_accuracy'][-1]:.4f}"
             if recorder is not None:
                 row = recorder.flush()[-1]
                 line += f"  alpha {row['alpha']:.3g}  global grad std {row['global_std']:.3g}"
@@ -154,6 +160,7 @@ def plot(path, results, recorders, model_name):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    method_colors = {method: f"C{i}" for i, method in enumerate(METHODS)}  # the same in every panel
     shown = "gan" if "gan" in recorders else next(iter(recorders), None)
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))
     (layers, scale), (coherence, accuracy_ax) = axes
@@ -176,14 +183,14 @@ def plot(path, results, recorders, model_name):
     for method, recorder in recorders.items():
         values = recorder.column("coherence")
         if any(v == v for v in values):
-            coherence.plot(recorder.column("step"), values, lw=0.8, label=method)
+            coherence.plot(recorder.column("step"), values, lw=0.8, color=method_colors[method], label=method)
     coherence.axhline(0.0, color="gray", lw=0.5)
     coherence.set(xlabel="step", ylabel="cos(g_t, g_t-1)", title="gradient coherence of consecutive steps")
     if recorders:
         coherence.legend()
     for method, curves in results.items():
         epochs = range(1, len(curves["test_accuracy"]) + 1)
-        accuracy_ax.plot(epochs, curves["test_accuracy"], marker="o", label=method)
+        accuracy_ax.plot(epochs, curves["test_accuracy"], marker="o", color=method_colors[method], label=method)
     accuracy_ax.set(xlabel="epoch", ylabel="test accuracy", title=f"{model_name}: test accuracy per method")
     accuracy_ax.legend()
     fig.tight_layout()

@@ -33,7 +33,6 @@ def check_process_group(process_group) -> None:
         )
 
 
-@torch.no_grad()
 def gan_sharded_(
     shards: Sequence[Tensor],
     state: GANState | None = None,
@@ -48,7 +47,8 @@ def gan_sharded_(
             shapes (flat slices are typical), possibly empty, every rank listing the same k tensors.
             Each element of a gradient must live on exactly one rank.
         state: the :class:`GANState`; every rank updates its own copy identically.
-        mode: ``"gan"``, ``"gc"`` or ``"znorm"``.
+        mode: ``"gan"``, ``"center"`` or ``"znorm"`` (mode ``"gc"`` needs whole rows, which flat
+            shards do not delimit: DTensors sharded along dimension 0 take it).
         process_group: the group the gradients are sharded over (default: the whole world).
 
     Returns:
@@ -56,9 +56,18 @@ def gan_sharded_(
         (an ``all_gather`` of 3k float64 values per rank); no other host synchronisation beyond
         what the backend's collective needs.
     """
+    if check_mode(mode) == "gc":
+        raise ValueError(
+            "mode 'gc' subtracts one mean per row, and flat shards do not delimit rows; use mode "
+            "'center', or pass DTensor gradients sharded along dimension 0"
+        )
+    return _sharded_step(shards, state, mode, process_group)
+
+
+@torch.no_grad()
+def _sharded_step(shards: Sequence[Tensor], state: GANState | None, mode: str, process_group) -> GANStats:
     check_process_group(process_group)
     shards = check_grads(shards)
-    mode = check_mode(mode)
     state = check_state(state, shards[0].device if shards else None)
     device = shards[0].device if shards else state.device
     state.to_(device)
@@ -102,4 +111,10 @@ def gan_dtensors_(grads: list, state: GANState | None, mode: str) -> GANStats:
             mesh = g.device_mesh
         elif g.device_mesh != mesh:
             raise ValueError(f"grads[{i}] is on a different device mesh than grads[0]")
-    return gan_sharded_([g.to_local() for g in grads], state, mode=mode, process_group=mesh.get_group())
+        if mode == "gc" and g.ndim > 1 and g.placements[0] != Shard(0):
+            raise ValueError(
+                f"grads[{i}] has placements {tuple(g.placements)}; mode 'gc' subtracts one mean per row "
+                "and needs whole rows on each rank: shard along dimension 0"
+            )
+    # Sharded along dimension 0, every rank holds whole rows: mode "gc" needs nothing more.
+    return _sharded_step([g.to_local() for g in grads], state, mode, mesh.get_group())

@@ -29,7 +29,7 @@ from collections import defaultdict
 import torch
 from torch import Tensor
 
-from .rule import ZNORM_EPS, autoscale
+from .rule import ZNORM_EPS, autoscale, row_means
 from .state import GANState, GANStats
 from .validation import arithmetic_dtype, stats_dtype
 
@@ -47,6 +47,11 @@ def device_tensor(values: list, device: torch.device, dtype: torch.dtype = torch
     return host.pin_memory().to(device, non_blocking=True)
 
 
+def _rows(t: Tensor) -> int:
+    """The number of rows (first dimension) of ``t``; each element is a row of a 0-d or 1-D tensor."""
+    return t.shape[0] if t.ndim > 1 else t.numel()
+
+
 def on_host(device: torch.device) -> bool:
     """Whether ``device`` is the host's: statistics of large tensors in cache-sized tiles, and an
     apply that reads its factors on the host (free there). Elsewhere: two reductions per large
@@ -61,7 +66,7 @@ def finalize(counts: Tensor, means: Tensor, m2: Tensor, state: GANState, mode: s
         counts, means, m2: shape (k,), one floating dtype: per-tensor sizes, means and sums of
             squared deviations about the means, in any fixed order.
         state: ``exponent`` and ``step`` are updated in place, unless the step is non-finite.
-        mode: ``"gan"``, ``"gc"`` or ``"znorm"``.
+        mode: ``"gan"``, ``"center"``, ``"gc"`` or ``"znorm"``.
 
     Returns:
         ``(stats, scale)``: ``stats`` with means and stds in the order given; the apply computes
@@ -104,10 +109,11 @@ class FallbackPlan:
     def __init__(self, grads: list[Tensor], device: torch.device) -> None:
         self.device = device
         self.acc = stats_dtype(grads)
-        by_size: dict[int, list[int]] = defaultdict(list)
+        # Size classes: equal numbers of elements and of rows (the first dimension, for mode "gc").
+        by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
         for i, g in enumerate(grads):
             if 0 < g.numel() <= STACK_MAX:
-                by_size[g.numel()].append(i)
+                by_size[g.numel(), _rows(g)].append(i)
         self.small = [i for indices in by_size.values() for i in indices]
         self.large = [i for i, g in enumerate(grads) if g.numel() > STACK_MAX]
         empty = [i for i, g in enumerate(grads) if g.numel() == 0]
@@ -119,10 +125,11 @@ class FallbackPlan:
 
         self.work = torch.empty(sum(grads[i].numel() for i in self.small), dtype=self.acc, device=device)
         self.rows = []
-        self.blocks = []  # (rows x size matrix view of work, first slot, last slot + 1)
+        self.blocks = []  # (tensors x rows x columns view of work, first slot, last slot + 1)
         offset = slot = 0
-        for size, indices in by_size.items():
-            self.blocks.append((self.work[offset : offset + size * len(indices)].view(len(indices), size), slot, slot + len(indices)))
+        for (size, rows), indices in by_size.items():
+            block = self.work[offset : offset + size * len(indices)].view(len(indices), rows, size // rows)
+            self.blocks.append((block, slot, slot + len(indices)))
             self.rows += [self.work[offset + j * size : offset + (j + 1) * size].view(grads[i].shape) for j, i in enumerate(indices)]
             offset += size * len(indices)
             slot += len(indices)
@@ -141,11 +148,11 @@ class FallbackPlan:
         if self.small:
             torch._foreach_copy_(self.rows, [grads[i] for i in self.small])
         for block, first, last in self.blocks:
-            torch.sum(block, 1, out=means[first:last])
+            torch.sum(block, (1, 2), out=means[first:last])
         means[: len(self.small)].div_(self.counts[: len(self.small)])
         for block, first, last in self.blocks:
-            block.sub_(means[first:last, None])
-            torch.linalg.vector_norm(block, dim=1, out=m2[first:last])
+            block.sub_(means[first:last, None, None])
+            torch.linalg.vector_norm(block, dim=(1, 2), out=m2[first:last])
         m2[: len(self.small)].square_()
         for slot, i in enumerate(self.large, start=len(self.small)):
             if on_host(self.device):
@@ -184,12 +191,13 @@ class FallbackPlan:
         return mean, torch.stack(tile_m2).sum() + (counts * (means - mean) ** 2).sum()
 
     def apply_(self, grads: list[Tensor], scale: Tensor, nonfinite: Tensor, mode: str, center: Tensor | None = None) -> None:
-        """``g_i <- (g_i - center_i) * scale_i`` in place unless ``nonfinite``, rounded once into each
-        gradient's dtype; runs after :meth:`partials` on the same gradients.
+        """``g_i <- (g_i - center_i) * scale_i`` in place unless ``nonfinite`` (mode ``"gc"``:
+        ``g_i`` minus its row means), rounded once into each gradient's dtype; runs after
+        :meth:`partials` on the same gradients.
 
         ``scale`` and ``center`` are in slot order; ``center`` defaults to the means that
-        :meth:`partials` computed (then the centered rows in ``work`` are used as they are), and is
-        given when the means come from elsewhere (sharded gradients: the whole tensors' means).
+        :meth:`partials` computed (then the centered tensors in ``work`` are used as they are), and
+        is given when the means come from elsewhere (sharded gradients: the whole tensors' means).
         """
         host = on_host(self.device)
         if host and nonfinite.item():
@@ -199,12 +207,17 @@ class FallbackPlan:
         else:
             correction = self.local_means - center
             for block, first, last in self.blocks:
-                block.add_(correction[first:last, None])
+                block.add_(correction[first:last, None, None])
         if mode == "gan":
             self.work.mul_(scale[0])
         elif mode == "znorm":
             for block, first, last in self.blocks:
-                block.mul_(scale[first:last, None])
+                block.mul_(scale[first:last, None, None])
+        elif mode == "gc":
+            # The tensors are centered already; removing each row's remaining mean gives g minus
+            # its row means.
+            for block, _, _ in self.blocks:
+                block.sub_(block.mean(2, keepdim=True))
         small = [grads[i] for i in self.small]
         keep = ~nonfinite
         if host:
@@ -214,10 +227,18 @@ class FallbackPlan:
             for g, row in zip(small, self.rows):
                 torch.where(keep, row.to(g.dtype), g, out=g)
         for slot, i in enumerate(self.large, start=len(self.small)):
-            self._apply_large_(grads[i], center[slot], scale[slot], host, keep)
+            self._apply_large_(grads[i], center[slot], scale[slot], host, keep, mode)
 
-    def _apply_large_(self, g: Tensor, shift: Tensor, scale: Tensor, host: bool, keep: Tensor) -> None:
+    def _apply_large_(self, g: Tensor, shift: Tensor, scale: Tensor, host: bool, keep: Tensor, mode: str) -> None:
         acc = arithmetic_dtype(g.dtype)
+        if mode == "gc":
+            x = g.to(acc)
+            result = (x - row_means(x)).to(g.dtype)
+            if host:
+                g.copy_(result)
+            else:
+                torch.where(keep, result, g, out=g)
+            return
         if not host:
             result = ((g.to(acc) - shift) * scale).to(g.dtype)
             torch.where(keep, result, g, out=g)

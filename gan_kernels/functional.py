@@ -32,16 +32,19 @@ def gan_(
 
     Every tensor given is transformed (the caller chooses eligibility): each loses its own mean and,
     in mode ``"gan"``, all are multiplied by one factor alpha derived from the global std of the
-    centered gradients (SPEC §1). Mode ``"gc"`` only removes the means; ``"znorm"`` divides each
-    centered tensor by its own std. If any element is NaN/Inf nothing is modified and
-    ``stats.nonfinite`` is True. Never records autograd and never synchronises with the host.
+    centered gradients. Mode ``"center"`` only removes the means; ``"gc"`` is Gradient
+    Centralization as its authors define it, one mean per row (over all dimensions but the first),
+    on the fallback whatever the backend; ``"znorm"`` divides each centered tensor by its own std.
+    The statistics reported are whole-tensor ones in every mode. If any element is NaN/Inf nothing
+    is modified and ``stats.nonfinite`` is True. Never records autograd and never synchronises with
+    the host.
 
     Args:
         grads: k floating-point tensors (any shapes, strides and dtypes; mixed dtypes allowed) on one
             device. Overwritten in place, each rounded once into its own dtype.
         state: the :class:`GANState` carried between steps (its ``exponent`` is set once, its
             ``step`` counted); ``None`` means a fresh state.
-        mode: ``"gan"`` (default), ``"gc"`` or ``"znorm"``.
+        mode: ``"gan"`` (default), ``"center"``, ``"gc"`` or ``"znorm"``.
         backend: ``"auto"`` (the Triton kernels for CUDA tensors when Triton is installed, else the
             fallback), ``"torch"`` (the multi-tensor PyTorch fallback) or ``"triton"`` (the kernels,
             or a ``ValueError`` where they cannot run; on CPU tensors they run only under

@@ -41,7 +41,7 @@ class GAN(torch.optim.Optimizer):
 
     Args:
         optimizer: the ``torch.optim.Optimizer`` that takes the step.
-        mode: ``"gan"`` (default), ``"gc"`` or ``"znorm"``; see :func:`gan_kernels.gan_`.
+        mode: ``"gan"`` (default), ``"center"``, ``"gc"`` or ``"znorm"``; see :func:`gan_kernels.gan_`.
         backend: ``"auto"``, ``"torch"`` or ``"triton"``.
         eligible: ``eligible(param) -> bool`` chooses the parameters whose gradients are
             transformed; by default those whose gradient exists, is dense, and whose ``ndim > 1``.

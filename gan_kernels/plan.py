@@ -59,6 +59,7 @@ class Plan:
         self.device = grads[0].device
         self.uses_triton = uses_triton
         self.captured = False
+        self.row_runner: FallbackPlan | None = None  # mode "gc" on a Triton plan, made on first use
         if uses_triton:
             from .kernels.launch import KernelPlan
 
@@ -67,10 +68,15 @@ class Plan:
             self.runner = FallbackPlan(grads, self.device)
 
     def step(self, grads: list[Tensor], state: GANState, mode: str, **options) -> GANStats:
-        """One step on ``grads``, which must match this plan; ``state`` on the plan's device."""
+        """One step on ``grads``, which must match this plan; ``state`` on the plan's device. Mode
+        ``"gc"`` (one mean per row, a baseline) runs on the fallback on every backend."""
         if self.device.type == "cuda" and not self.captured and torch.cuda.is_current_stream_capturing():
             self.captured = True
             _captured.append(self)
+        if mode == "gc" and self.uses_triton:
+            if self.row_runner is None:
+                self.row_runner = FallbackPlan(grads, self.device)
+            return self.row_runner.step(grads, state, mode)
         return self.runner.step(grads, state, mode, **options)
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .rule import ZNORM_EPS, autoscale
+from .rule import ZNORM_EPS, autoscale, row_means
 from .state import GANState, GANStats
 from .validation import check_grads, check_mode, check_state, stats_dtype
 
@@ -29,12 +29,14 @@ def gan_(
 
     Args:
         grads: k floating-point tensors of any shapes, dtypes and strides, on one device. Each is
-            overwritten with ``alpha * (g - mean(g))`` (mode ``gan``), ``g - mean(g)`` (``gc``) or
-            ``(g - mean(g)) / (std(g) + 1e-12)`` (``znorm``), rounded once into its own dtype.
+            overwritten with ``alpha * (g - mean(g))`` (mode ``gan``), ``g - mean(g)``
+            (``center``), ``g`` minus the mean of each row (``gc``: over all dimensions but the first)
+            or ``(g - mean(g)) / (std(g) + 1e-12)`` (``znorm``), rounded once into its own dtype.
+            The statistics are whole-tensor ones in every mode.
             Nothing is written when any element is NaN/Inf.
         state: the :class:`GANState` to read and update (``exponent`` set once, ``step`` counted);
             ``None`` uses a fresh state.
-        mode: ``"gan"``, ``"gc"`` or ``"znorm"``.
+        mode: ``"gan"``, ``"center"``, ``"gc"`` or ``"znorm"``.
         compute_dtype: the dtype of every statistic and of the arithmetic on elements; ``None`` means
             float32, or float64 when any tensor is float64. ``torch.float64`` gives the exact
             evaluation that the tolerances of SPEC §1.1 are measured against.
@@ -73,8 +75,10 @@ def gan_(
             x = g.to(work_dtype)
             if mode == "gan":
                 y = (x - mean) * alpha
-            elif mode == "gc":
+            elif mode == "center":
                 y = x - mean
+            elif mode == "gc":
+                y = x - row_means(x)
             else:
                 y = (x - mean) / (std + ZNORM_EPS)
             g.copy_(y)

@@ -1,4 +1,5 @@
-"""The autoscale rule: how GAN turns the global gradient std into one factor alpha.
+"""The autoscale rule: how GAN turns the global gradient std into one factor alpha; and the two
+per-mode definitions every backend shares (ZNorm's epsilon, Gradient Centralization's row means).
 
 This is the package's reading of the paper's description (smooth, hyperparameter-free, alpha <= 1,
 an exponent fixed at the first usable step so that a tiny initial std does not shrink the gradients
@@ -13,6 +14,16 @@ from torch import Tensor
 
 # Mode "znorm" divides each centered tensor by (std + ZNORM_EPS).
 ZNORM_EPS = 1e-12
+
+
+def row_means(x: Tensor) -> Tensor:
+    """Gradient Centralization's means (Yong et al. 2020): over all dimensions but the first, one
+    per row (output channel), shaped to broadcast against ``x``. A row of one element (every
+    element of a 0-d or 1-D tensor, each row of an (n, 1) one) is its own mean, so mode ``"gc"``
+    turns it into 0."""
+    if x.ndim < 2:
+        return x
+    return x.mean(dim=tuple(range(1, x.ndim)), keepdim=True)
 
 
 def autoscale(sigma: Tensor, exponent: Tensor) -> tuple[Tensor, Tensor]:

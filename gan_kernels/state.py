@@ -13,7 +13,8 @@ class GANStats(NamedTuple):
     """What one GAN step measured, as tensors on the gradients' device (no host sync).
 
     Attributes:
-        alpha: 0-d, the factor that multiplied every gradient (1 in modes ``gc`` and ``znorm``).
+        alpha: 0-d, the factor that multiplied every gradient (1 in modes ``center``, ``gc`` and
+            ``znorm``).
         global_std: 0-d, sigma: the global sample std of the centered gradients (every mode).
         means: shape (k,), each input tensor's mean (0 for a zero-size tensor).
         stds: shape (k,), each input tensor's sample std (0 for fewer than two elements).

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .state import GANState
 
-MODES = ("gan", "gc", "znorm")
+MODES = ("gan", "center", "gc", "znorm")
 _layout = attrgetter("layout")
 _device = attrgetter("device")
 

@@ -145,6 +145,27 @@ MUTANTS = [
         ("tests/test_plan.py", "-k", "reallocated"),
     ),
     Mutant(
+        "mode gc removes one mean per tensor (the old meaning) in the fallback, small tensors",
+        FALLBACK,
+        "                block.sub_(block.mean(2, keepdim=True))",
+        "                pass",
+        ("tests/test_functional.py", "-k", "gc"),
+    ),
+    Mutant(
+        "mode gc removes one mean per tensor (the old meaning) in the fallback, large tensors",
+        FALLBACK,
+        "result = (x - row_means(x)).to(g.dtype)",
+        "result = (x - x.mean()).to(g.dtype)",
+        ("tests/test_functional.py", "-k", "gc"),
+    ),
+    Mutant(
+        "mode gc removes one mean per tensor (the old meaning) in the reference",
+        "gan_kernels/reference.py",
+        "y = x - row_means(x)",
+        "y = x - mean",
+        ("tests/test_reference.py", "-k", "gc"),
+    ),
+    Mutant(
         "finalize's arrival counter not reset after a step",
         FINALIZE,
         "            tl.store(arrivals, 0)\n",

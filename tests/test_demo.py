@@ -19,7 +19,7 @@ def test_one_epoch_writes_metrics_figure_and_gradient_logs(tmp_path, capsys):
     accuracies = load_demo().main(["--epochs", "1", "--methods", "adamw,gan", "--out", str(out)])
     assert set(accuracies) == {"adamw", "gan"} and all(0.3 < a <= 1.0 for a in accuracies.values())
     printed = capsys.readouterr().out
-    assert "gan  epoch   1" in printed and "alpha" in printed and "final acc" in printed
+    assert "   gan  epoch   1" in printed and "alpha" in printed and "final acc" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["final_accuracy"] == accuracies
     assert len(metrics["curves"]["gan"]["test_accuracy"]) == 1
@@ -33,7 +33,7 @@ def test_one_epoch_writes_metrics_figure_and_gradient_logs(tmp_path, capsys):
     "argv,message",
     [
         (["--model", "resnet18"], "unknown model 'resnet18'; accepted: resnet20, resnet56, vgg16_bn"),
-        (["--methods", "adamw,lion"], "unknown method 'lion'; accepted: adamw, gc, znorm, gan"),
+        (["--methods", "adamw,lion"], "unknown method 'lion'; accepted: adamw, gc, center, znorm, gan"),
         (["--dataset", "mnist"], "unknown dataset 'mnist'; accepted: digits, cifar100"),
         (["--dataset", "cifar100"], "needs --data-dir"),
         (["--dataset", "cifar100", "--data-dir", "{tmp}"], "cifar-100-python"),

@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 
 from gan_kernels import GAN, GANState, gan_, reference
 from gan_kernels.distributed import gan_sharded_
-from tests.helpers import assert_outputs_close, assert_stats_close, clone_all, random_grads
+from tests.helpers import assert_outputs_close, assert_stats_close, clone_all, exact_evaluation, random_grads
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 
@@ -72,6 +72,15 @@ def worker(rank, init_file, results):
             gan_([distribute_tensor(full_grads()[0], mesh, [Shard(0)]), torch.randn(3)])
         except TypeError as error:
             out["mixed_error"] = str(error)
+        columns = [distribute_tensor(g, mesh, [Shard(1)]) for g in full_grads() if g.ndim > 1][:1]
+        try:
+            gan_(columns, mode="gc")
+        except ValueError as error:
+            out["gc_columns_error"] = str(error)
+        try:
+            gan_sharded_([g.reshape(-1) for g in full_grads()], mode="gc")
+        except ValueError as error:
+            out["gc_flat_error"] = str(error)
         only_rank0 = dist.new_group([0])
         if rank == 1:
             shards = [g.reshape(-1) for g in full_grads()]
@@ -139,10 +148,11 @@ def test_a_rank_with_only_empty_shards(ranks):
 
 
 def test_dtensor_gradients_through_gan_(ranks):
-    expected_grads = full_grads()
-    expected = reference.gan_(expected_grads, mode="gc")
+    """Sharded along dimension 0, every rank holds whole rows: mode "gc" (one mean per row) needs
+    no more than the local rows, the statistics are those of the whole tensors."""
+    expected_grads, expected = exact_evaluation(full_grads(), mode="gc")
     for out in ranks:
-        assert_outputs_close(out["dtensor_full"], [g.double() for g in expected_grads], full_grads())
+        assert_outputs_close(out["dtensor_full"], expected_grads, full_grads())
         assert_stats_close(out["dtensor_stats"], expected, full_grads())
 
 
@@ -151,6 +161,8 @@ def test_bad_distributed_input_changes_nothing(ranks):
         assert "only Shard(dim) on a 1-D mesh is supported" in out["replicate_error"]
         assert out["replicate_untouched"]
         assert "grads[1] is a Tensor among DTensor gradients" in out["mixed_error"]
+        assert "mode 'gc' subtracts one mean per row and needs whole rows" in out["gc_columns_error"]
+        assert "flat shards do not delimit rows" in out["gc_flat_error"]
     assert "not in process_group" in ranks[1]["group_error"]
 
 

@@ -8,9 +8,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gan_kernels import GANState, fallback, gan_, reference
-from tests.helpers import assert_stats_close, bits, check_steps_against_exact, clone_all, exact_evaluation, random_grads
+from tests.helpers import (
+    assert_outputs_close,
+    assert_stats_close,
+    bits,
+    check_steps_against_exact,
+    clone_all,
+    exact_evaluation,
+    random_grads,
+)
 
-MODES = ["gan", "gc", "znorm"]
+MODES = ["gan", "center", "gc", "znorm"]
 FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
 
@@ -189,3 +197,33 @@ def test_returns_stats_on_device_without_autograd():
         leaf = torch.randn(4, 4, requires_grad=True)
         gan_([leaf])
     assert leaf.grad_fn is None
+
+
+def rows_apart(dtype, seed=11):
+    """Gradients whose rows have their own offsets, so that one mean per row (mode "gc") and one
+    per tensor differ: conv and linear weights, an (n, 1) weight, a large weight (tiled), a
+    strided view and a channels_last one."""
+    shapes = [(16, 3, 3, 3), (30, 7), (10, 1), (40, 2000), (64, 130), (8, 4, 5, 5)]
+    grads = random_grads(shapes, [torch.float64] * len(shapes), seed=seed, scale=1e-2)
+    for g in grads:
+        g += torch.linspace(-0.05, 0.08, g.shape[0], dtype=torch.float64).view(-1, *[1] * (g.ndim - 1))
+    grads = [g.to(dtype) for g in grads]
+    grads[4] = grads[4][:, ::2]
+    grads[5] = grads[5].to(memory_format=torch.channels_last)
+    return grads
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_gc_is_one_mean_per_row_on_every_backend(dtype, backend, apply_path):
+    """Mode "gc" against a direct per-row computation in float64 (and the statistics against the
+    whole-tensor ones); "triton" runs it on the fallback."""
+    grads = rows_apart(dtype)
+    inputs = clone_all(grads)
+    expected = [x.double() - x.double().mean(dim=tuple(range(1, x.ndim)), keepdim=True) for x in inputs]
+    _, whole = exact_evaluation(inputs, mode="center")
+    stats = gan_(grads, mode="gc", backend=backend)
+    assert_stats_close(stats, whole, inputs)
+    assert_outputs_close(grads, expected, inputs)
+    assert grads[5].is_contiguous(memory_format=torch.channels_last)
+    check_against_exact(rows_apart(dtype, seed=12), "gc", steps=3)

@@ -35,7 +35,7 @@ from tests.helpers import (  # noqa: E402
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # Compiled kernels round float32 to bfloat16 to nearest; Triton's interpreter truncates.
 ROUNDING = "nearest" if DEVICE == "cuda" else "truncate"
-MODES = ["gan", "gc", "znorm"]
+MODES = ["gan", "center", "znorm"]
 FORMS = list(launch.STATS_FORMS)
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 

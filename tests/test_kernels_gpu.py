@@ -12,7 +12,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 from gan_kernels import GAN, GANState, gan_  # noqa: E402
 from tests.helpers import check_steps_against_exact, clone_all, random_grads  # noqa: E402
 
-MODES = ["gan", "gc", "znorm"]
+MODES = ["gan", "center", "znorm"]
 
 
 def cuda_grads(seed=0):
@@ -99,7 +99,7 @@ def test_a_tensor_past_two_to_the_31_elements():
     n = 2**31 + 5
     g = torch.full((n,), 1.0, dtype=torch.float16, device="cuda")
     g[-1] = 2.0
-    stats = gan_([g], mode="gc", backend="triton")
+    stats = gan_([g], mode="center", backend="triton")
     expected_mean = (n + 1) / n
     assert abs(stats.means[0].item() - expected_mean) < 1e-6
     assert g[-1].item() == pytest.approx(2.0 - expected_mean, abs=1e-3)

@@ -54,7 +54,7 @@ def eligible_params(model):
     return [model[0].weight, model[4].weight]
 
 
-@pytest.mark.parametrize("mode", ["gan", "gc", "znorm"])
+@pytest.mark.parametrize("mode", ["gan", "center", "gc", "znorm"])
 def test_equals_reference_then_plain_optimizer(mode):
     ours, theirs = make_model(), make_model()
     opt = GAN(torch.optim.AdamW(ours.parameters(), lr=1e-2), mode=mode)

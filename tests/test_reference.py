@@ -30,13 +30,35 @@ def test_gan_mode_by_hand():
 def test_global_std_pools_all_tensors():
     a = torch.tensor([1.0, 3.0])  # mean 2, M2 2
     b = torch.tensor([10.0, 10.0, 16.0])  # mean 12, M2 24
-    stats = reference.gan_([a, b], mode="gc")
+    stats = reference.gan_([a, b], mode="center")
     assert stats.global_std.item() == pytest.approx(math.sqrt(26 / 4))
     torch.testing.assert_close(stats.means, torch.tensor([2.0, 12.0]))
     torch.testing.assert_close(stats.stds, torch.tensor([math.sqrt(2.0), math.sqrt(12.0)]))
     assert stats.alpha.item() == 1.0
     torch.testing.assert_close(a, torch.tensor([-1.0, 1.0]))
     torch.testing.assert_close(b, torch.tensor([-2.0, -2.0, 4.0]))
+
+
+def test_gc_removes_one_mean_per_row():
+    """Gradient Centralization (Yong et al. 2020): the mean over all dimensions but the first, one
+    per output channel; the statistics stay whole-tensor ones."""
+    w = torch.tensor([[[1.0, 3.0], [5.0, 7.0]], [[0.0, 0.0], [0.0, 8.0]]])  # rows: means 4 and 2
+    column = torch.tensor([[2.0], [6.0]])  # rows of one element
+    flat = torch.tensor([1.0, 2.0, 6.0])  # every element is a row
+    stats = reference.gan_([w, column, flat], mode="gc")
+    torch.testing.assert_close(w, torch.tensor([[[-3.0, -1.0], [1.0, 3.0]], [[-2.0, -2.0], [-2.0, 6.0]]]))
+    assert torch.equal(column, torch.zeros(2, 1)) and torch.equal(flat, torch.zeros(3))
+    torch.testing.assert_close(stats.means, torch.tensor([3.0, 4.0, 3.0]))
+    assert stats.alpha.item() == 1.0
+    whole_m2 = 76.0 + 8.0 + 14.0  # about each whole tensor's mean
+    assert stats.global_std.item() == pytest.approx(math.sqrt(whole_m2 / 12))
+
+
+def test_center_removes_the_whole_tensor_mean():
+    w = torch.tensor([[1.0, 3.0], [5.0, 7.0]])
+    stats = reference.gan_([w], mode="center")
+    torch.testing.assert_close(w, torch.tensor([[-3.0, -1.0], [1.0, 3.0]]))
+    assert stats.alpha.item() == 1.0
 
 
 def test_znorm_divides_by_each_std():
@@ -71,7 +93,7 @@ def test_empty_list():
 
 def test_zero_size_and_one_element_tensors():
     empty, single, pair = torch.zeros(0, 3), torch.tensor([[5.0]]), torch.tensor([1.0, 2.0])
-    stats = reference.gan_([empty, single, pair], mode="gc")
+    stats = reference.gan_([empty, single, pair], mode="center")
     assert empty.shape == (0, 3)
     assert single.item() == 0.0
     torch.testing.assert_close(stats.means, torch.tensor([0.0, 5.0, 1.5]))
@@ -89,7 +111,7 @@ def test_a_single_element_has_no_spread():
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
-@pytest.mark.parametrize("mode", ["gan", "gc", "znorm"])
+@pytest.mark.parametrize("mode", ["gan", "center", "gc", "znorm"])
 def test_nonfinite_input_changes_nothing(bad, mode):
     state = GANState()
     reference.gan_([torch.tensor([0.0, 0.1, 0.3])], state)
@@ -114,7 +136,7 @@ def test_overflowing_sigma_is_nonfinite():
 
 def test_float64_compute_on_request():
     g = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float32)
-    stats = reference.gan_([g], compute_dtype=torch.float64, mode="gc")
+    stats = reference.gan_([g], compute_dtype=torch.float64, mode="center")
     assert stats.means.dtype == torch.float64
     assert g.dtype == torch.float32
     torch.testing.assert_close(g, torch.tensor([-4 / 3, -1 / 3, 5 / 3]))
@@ -127,7 +149,7 @@ def test_statistics_dtype():
     assert stats.means.dtype == stats.alpha.dtype == torch.float64
 
 
-@pytest.mark.parametrize("mode", ["gan", "gc", "znorm"])
+@pytest.mark.parametrize("mode", ["gan", "center", "gc", "znorm"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 def test_steps_with_moving_sigma_against_float64(dtype, mode):
     """The reference in its own precision over several steps whose gradients change scale, so that

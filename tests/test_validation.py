@@ -50,7 +50,7 @@ def test_a_single_tensor_is_not_a_list(entry):
 def test_unknown_mode_lists_the_modes(entry):
     g = torch.randn(3, 3)
     before = g.clone()
-    with pytest.raises(ValueError, match="unknown mode 'adam'; available modes: gan, gc, znorm"):
+    with pytest.raises(ValueError, match="unknown mode 'adam'; available modes: gan, center, gc, znorm"):
         ENTRY_POINTS[entry]([g], mode="adam")
     assert torch.equal(g, before)
 

@@ -1,4 +1,4 @@
-"""Apply: ``g <- (g - mean_i) * alpha`` (or the GC / ZNorm forms) in place, one launch per dtype
+"""Apply: ``g <- (g - mean_i) * alpha`` (or the center / ZNorm forms) in place, one launch per dtype
 group, reading the means, stds, alpha and the non-finite flag from device memory.
 
 Arithmetic is float32 and each element is rounded once into its tensor's dtype. When the flag is
@@ -14,16 +14,17 @@ import triton.language as tl
 from .tiles import locate_tile
 
 GAN = tl.constexpr(0)
-GC = tl.constexpr(1)
+CENTER = tl.constexpr(1)
 ZNORM = tl.constexpr(2)
-MODES = {"gan": GAN.value, "gc": GC.value, "znorm": ZNORM.value}
+# Mode "gc" (one mean per row) runs on the fallback; the kernels take the whole-tensor modes.
+MODES = {"gan": GAN.value, "center": CENTER.value, "znorm": ZNORM.value}
 
 
 @triton.jit
 def transform(x, mean, alpha, std, MODE: tl.constexpr):
     if MODE == GAN:
         y = (x - mean) * alpha
-    elif MODE == GC:
+    elif MODE == CENTER:
         y = x - mean
     else:
         y = (x - mean) / (std + 1e-12)
