@@ -26,9 +26,16 @@ _HOOK_REGISTRIES = (
 )
 
 
+def eligible_gradient(grad: Tensor | None) -> bool:
+    """The default rule read off a gradient (which has its parameter's shape): it exists, is dense
+    and has more than one dimension (convolution and linear weights)."""
+    return grad is not None and grad.ndim > 1 and not grad.is_sparse
+
+
 def default_eligible(param: Tensor) -> bool:
-    """SPEC §1.3: a dense gradient of a parameter with more than one dimension (conv/linear weights)."""
-    return param.grad is not None and not param.grad.is_sparse and param.ndim > 1
+    """The default eligibility: a dense gradient of a parameter with more than one dimension
+    (convolution and linear weights; biases, norm parameters and sparse gradients are left alone)."""
+    return eligible_gradient(param.grad)
 
 
 class GAN(torch.optim.Optimizer):
@@ -117,9 +124,8 @@ class GAN(torch.optim.Optimizer):
         """The gradients that the next ``step`` transforms, in parameter-group order."""
         params = [p for group in self.param_groups for p in group["params"]]
         if self.eligible is default_eligible:
-            # The default rule read off the gradients alone (a gradient has its parameter's shape),
-            # in one pass: this runs at every step.
-            return [g for g in map(_grad, params) if g is not None and g.ndim > 1 and not g.is_sparse]
+            # The default rule needs only the gradients: one pass over them, at every step.
+            return list(filter(eligible_gradient, map(_grad, params)))
         return [p.grad for p in params if p.grad is not None and self.eligible(p)]
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

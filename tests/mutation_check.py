@@ -196,8 +196,8 @@ MUTANTS = [
     Mutant(
         "sparse gradients made eligible by default",
         "gan_kernels/optim.py",
-        "param.grad is not None and not param.grad.is_sparse and param.ndim > 1",
-        "param.grad is not None and param.ndim > 1",
+        "grad is not None and grad.ndim > 1 and not grad.is_sparse",
+        "grad is not None and grad.ndim > 1",
         ("tests/test_optim.py", "-k", "sparse"),
     ),
 ]
