@@ -203,3 +203,57 @@ def launched_step_us(set_name: str, steps: int = 200) -> float:
         gan_(grads, state, backend="triton")
     torch.cuda.synchronize()
     return (time.perf_counter() - start) / steps * 1e6
+
+
+# The fused optimizer against AdamW: name -> (what it is, accesses per element in the memory model).
+OPTIMIZERS = {
+    "adamw-fused": ("torch.optim.AdamW(fused=True)", 7),
+    "gan+adamw-fused": ("GAN(torch.optim.AdamW(fused=True))", 10),
+    "ganadamw": ("gan_kernels.GANAdamW", 8),
+}
+
+
+def make_optimizer(name: str, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    if name == "adamw-fused":
+        return torch.optim.AdamW(params, lr=1e-3, fused=True)
+    if name == "gan+adamw-fused":
+        from gan_kernels import GAN
+
+        return GAN(torch.optim.AdamW(params, lr=1e-3, fused=True))
+    from gan_kernels import GANAdamW
+
+    return GANAdamW(params, lr=1e-3)
+
+
+def optimizer_rows(set_name: str, dtype_name: str, device: str, names: list[str], repeats: int) -> list[dict]:
+    """One row per optimizer: the median time of a step on parameters with the shapes of
+    ``set_name`` (every one eligible), its ratio to AdamW(fused=True) in the same run, the
+    accesses per element of the memory model, and kernel launches (ATen operators on a CPU)."""
+    sources = make_grads(set_name, DTYPES[dtype_name], device)
+    runs = {}
+    for name in names:
+        params = [torch.nn.Parameter(torch.randn_like(g)) for g in sources]
+        for p, g in zip(params, sources):
+            p.grad = g.clone()
+        optimizer = make_optimizer(name, params)
+        optimizer.step()  # warm-up: state, compilation, plans
+        runs[name] = (params, optimizer)
+
+    def restore():
+        for params, _ in runs.values():
+            torch._foreach_copy_([p.grad for p in params], sources)
+
+    candidates = {name: optimizer.step for name, (_, optimizer) in runs.items()}
+    if device == "cuda":
+        seconds = {name: cuda_median(step) for name, step in candidates.items()}
+    else:
+        seconds = cpu_medians(candidates, restore, repeats)
+    launches = {name: launches_per_step(step, device, name) for name, step in candidates.items()}
+    anchor = seconds.get("adamw-fused")
+    return [{
+        "set": set_name, "optimizer": name, "dtype": dtype_name, "device": device_name(device),
+        "tensors": len(sources), "elements": elements(set_name), "median_ms": time_s * 1e3,
+        "ratio_to_fused_adamw": time_s / anchor if anchor else None,
+        "model_accesses": OPTIMIZERS[name][1], "model_ratio": OPTIMIZERS[name][1] / OPTIMIZERS["adamw-fused"][1],
+        "launches": launches[name],
+    } for name, time_s in seconds.items()]

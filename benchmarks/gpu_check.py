@@ -17,7 +17,7 @@ going on to the next when one fails or times out:
 * ``bench``: the benchmark runner over every set and dtype (reference, foreach-eager, fallback,
   Triton eager and replayed from a CUDA graph; ``torch.compile`` of the reference on ResNet-56
   float32 only, which bounds compile time), with GB/s, the fraction of a copy measured in the
-  same run and launches per step;
+  same run and launches per step; and GANAdamW against AdamW(fused=True) and the composition;
 * ``host``: the host side of a step per set, steady and cold, and the wall time with launches;
 * ``aot``: the compiler's report (registers, spills, vector widths) for the GPU's architecture.
 
@@ -55,6 +55,7 @@ SANITIZER_TOOLS = ("memcheck", "racecheck", "synccheck", "initcheck")
 TARGET_SPEEDUP_VS_REFERENCE = 20.0
 TARGET_SPEEDUP_VS_COMPILED = 2.0
 TARGET_FRACTION_OF_COPY = 0.8
+TARGET_FUSED_RATIO = 1.15
 
 
 @dataclass
@@ -224,19 +225,25 @@ class Check:
                  "--implementations", "reference", "compiled", "foreach-eager", "torch", "triton"],
                 ["--implementations", "reference", "foreach-eager", "torch", "triton"],
             ]
-        rows, statuses, deadline = [], [], time.monotonic() + self.box("bench")
-        for i, arguments in enumerate(invocations):
+        optimizers = (["--optimizers", "--sets", "resnet20", "--dtypes", "float32", "--repeats", "1"] if self.dry_run
+                      else ["--optimizers"])
+        rows, optimizer_rows, statuses, deadline = [], [], [], time.monotonic() + self.box("bench")
+        for i, arguments in enumerate([*invocations, optimizers]):
             path = self.scratch / f"bench{i}.json"
             result = run(python(runner, "--device", self.device, *arguments, "--json", str(path)),
                          deadline - time.monotonic(), self.log("bench"), self.env)
             statuses.append(result)
-            if path.exists():
-                new = json.loads(path.read_text())
+            if not path.exists():
+                continue
+            new = json.loads(path.read_text())
+            if arguments is optimizers:
+                optimizer_rows = new
+            else:
                 rows += [r for r in new if not (i and r["set"] == "resnet56" and r["dtype"] == "float32"
                                                 and r["implementation"] in {"reference", "foreach-eager", "torch", "triton"})]
-        stage.data = {"rows": rows, "targets": targets(rows)}
-        stage.status = _status(statuses[-1], ok=all(r.returncode == 0 for r in statuses) and len(statuses) == len(invocations))
-        stage.note = f"{len(rows)} rows"
+        stage.data = {"rows": rows, "optimizer_rows": optimizer_rows, "targets": targets(rows, optimizer_rows)}
+        stage.status = _status(statuses[-1], ok=all(r.returncode == 0 for r in statuses) and len(statuses) == len(invocations) + 1)
+        stage.note = f"{len(rows)} step rows, {len(optimizer_rows)} optimizer rows"
 
     def host_stage(self, stage: Stage) -> None:
         path = self.scratch / "host.json"
@@ -322,7 +329,7 @@ def _junit_counts(report: Path) -> tuple[dict, list[str]]:
     return {"passed": passed, "failed": total["failures"], "errors": total["errors"], "skipped": total["skipped"]}, failed
 
 
-def targets(rows: list[dict]) -> list[dict]:
+def targets(rows: list[dict], optimizer_rows: list[dict] = ()) -> list[dict]:
     """SPEC's performance targets, from the benchmark rows: met, missed, or not measured."""
 
     def find(set_name, dtype, implementation):
@@ -343,6 +350,10 @@ def targets(rows: list[dict]) -> list[dict]:
             fraction = row and row["fraction_of_copy_bw"]
             found.append({"target": f"{set_name} {dtype}: >= {TARGET_FRACTION_OF_COPY:.0%} of copy bandwidth",
                           "value": fraction and f"{fraction:.0%}", "met": None if fraction is None else fraction >= TARGET_FRACTION_OF_COPY})
+    fused = next((r for r in optimizer_rows if (r["set"], r["dtype"], r["optimizer"]) == ("gpt2_small", "float32", "ganadamw")), None)
+    ratio = fused and fused["ratio_to_fused_adamw"]
+    found.append({"target": f"gpt2_small float32: GANAdamW <= {TARGET_FUSED_RATIO:g}x AdamW(fused=True)",
+                  "value": ratio and f"{ratio:.2f}x", "met": None if ratio is None else ratio <= TARGET_FUSED_RATIO})
     return found
 
 
@@ -368,6 +379,9 @@ def markdown(document: dict) -> str:
         columns = ["set", "dtype", "implementation", "median_ms", "speedup_vs_reference", "effective_gb_s",
                    "fraction_of_copy_bw", "launches", "graph_replay_ms"]
         parts.append("## Steps\n\n" + table(columns, [[_cell(r.get(c)) for c in columns] for r in bench["rows"]]))
+    if bench.get("optimizer_rows"):
+        columns = ["set", "dtype", "optimizer", "median_ms", "ratio_to_fused_adamw", "model_accesses", "model_ratio", "launches"]
+        parts.append("## Optimizer steps\n\n" + table(columns, [[_cell(r.get(c)) for c in columns] for r in bench["optimizer_rows"]]))
     host = (stages.get("host", {}).get("data") or {}).get("rows")
     if host:
         columns = ["set", "tensors", "steady_us", "steady_us_per_tensor", "cold_us", "launched_us"]

@@ -36,9 +36,11 @@ from benchmarks.common import (  # noqa: E402
     cuda_median,
     device_name,
     elements,
+    OPTIMIZERS,
     host_times,
     launched_step_us,
     launches_per_step,
+    optimizer_rows,
     make_grads,
     make_step,
 )
@@ -47,6 +49,7 @@ from gan_kernels import GANState  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUICK_SETS = ["resnet56", "vgg16_bn"]
+OPTIMIZER_SETS = ["gpt2_small", "resnet56", "vgg16_bn"]
 
 
 def measure(set_name: str, dtype_name: str, device: str, implementations: list[str], repeats: int) -> list[dict]:
@@ -106,6 +109,10 @@ ROW_COLUMNS = [
     ("speedup_vs_reference", "{:.2f}x"), ("effective_gb_s", "{:.1f}"), ("copy_gb_s", "{:.1f}"),
     ("fraction_of_copy_bw", "{:.0%}"), ("launches", "{}"), ("graph_replay_ms", "{:.3f}"),
 ]
+OPTIMIZER_COLUMNS = [
+    ("set", "{}"), ("optimizer", "{}"), ("dtype", "{}"), ("median_ms", "{:.3f}"), ("ratio_to_fused_adamw", "{:.2f}x"),
+    ("model_accesses", "{}"), ("model_ratio", "{:.2f}x"), ("launches", "{}"),
+]
 HOST_COLUMNS = [
     ("set", "{}"), ("tensors", "{}"), ("steady_us", "{:.1f}"), ("steady_us_per_tensor", "{:.2f}"),
     ("cold_us", "{:.1f}"), ("launched_us", "{:.1f}"),
@@ -144,6 +151,19 @@ def host_only(args) -> list[dict]:
     return rows
 
 
+def optimizers(args, repeats: int) -> list[dict]:
+    """GANAdamW against AdamW(fused=True) and the composition, per set and dtype."""
+    rows = []
+    combinations = [(s, d) for s in (args.sets or OPTIMIZER_SETS) for d in args.dtypes]
+    for set_name, dtype_name in tqdm(combinations, desc="optimizers", unit="set", file=sys.stderr):
+        rows += optimizer_rows(set_name, dtype_name, args.device, list(OPTIMIZERS), repeats)
+    print(f"device: {device_name(args.device)}; torch {torch.__version__}; one optimizer step; "
+          "model_accesses: reads and writes per element (AdamW alone 7)")
+    print(format_table(rows, OPTIMIZER_COLUMNS))
+    write_rows(rows, args, "-optimizers")
+    return rows
+
+
 def write_rows(rows: list[dict], args, suffix: str = "") -> None:
     for path in [args.json, result_path(args.device, suffix) if args.save else None]:
         if path is not None:
@@ -164,11 +184,16 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--save", action="store_true", help="write the rows to benchmarks/results/<device>-<date>.json")
     parser.add_argument("--host-only", action="store_true",
                         help="time the host side of a Triton step (kernel launches stubbed), steady and cold")
+    parser.add_argument("--optimizers", action="store_true",
+                        help="time GANAdamW against AdamW(fused=True) and GAN(AdamW(fused=True)) (default sets: "
+                             + " ".join(OPTIMIZER_SETS) + ")")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     if args.host_only:
         return host_only(args)
+    if args.optimizers:
+        return optimizers(args, repeats=args.repeats or (10 if args.quick else 30))
     sets = args.sets or (QUICK_SETS if args.quick else list(SETS))
     repeats = args.repeats or (10 if args.quick else 30)
     implementations = [name for name in args.implementations if available(name, args.device)]

@@ -29,3 +29,11 @@ def test_host_only_times_the_host_side_of_each_set(tmp_path, capsys):
         assert row["steady_us_per_tensor"] == row["steady_us"] / row["tensors"]
     assert rows[1]["tensors"] == 400
     assert "steady_us" in capsys.readouterr().out
+
+
+def test_optimizers_compare_ganadamw_with_fused_adamw(tmp_path):
+    path = tmp_path / "optimizers.json"
+    rows = run.main(["--optimizers", "--sets", "resnet20", "--dtypes", "float32", "--repeats", "1", "--json", str(path)])
+    assert json.loads(path.read_text()) == rows
+    assert [row["optimizer"] for row in rows] == ["adamw-fused", "gan+adamw-fused", "ganadamw"]
+    assert rows[0]["ratio_to_fused_adamw"] == 1.0 and [row["model_accesses"] for row in rows] == [7, 10, 8]

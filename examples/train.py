@@ -7,8 +7,8 @@ gradient dynamics behind them.
 Every method trains the same model from the same seed on the same batches: ``adamw`` is plain
 AdamW; ``gc`` (Gradient Centralization as its authors define it: one mean per output channel),
 ``center`` (one mean per tensor: GAN without the autoscale), ``znorm`` and ``gan`` wrap it in
-``gan_kernels.GAN`` with that mode. The default is the paper's comparison: AdamW, GC, ZNorm and
-GAN. The GAN-wrapped
+``gan_kernels.GAN`` with that mode, and ``gan-fused`` is ``gan_kernels.GANAdamW`` (GAN inside
+the AdamW update). The default is the paper's comparison: AdamW, GC, ZNorm and GAN. The GAN-wrapped
 runs record, at no extra pass over the gradients, every eligible layer's gradient std, the global
 std and alpha, and the coherence cos(g_t, g_{t-1}) of consecutive gradients. ``--out`` receives
 ``metrics.json`` (final accuracies and per-epoch curves), one ``gradients_<method>.csv`` per
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from gan_kernels import GAN
+from gan_kernels import GAN, GANAdamW
 from gan_kernels.telemetry import GradientRecorder
 
 
@@ -43,7 +43,7 @@ def _load_sibling(name):
 models = _load_sibling("models")
 data = _load_sibling("data")
 
-METHODS = ("adamw", "gc", "center", "znorm", "gan")
+METHODS = ("adamw", "gc", "center", "znorm", "gan", "gan-fused")
 # The paper's comparison.
 DEFAULT_METHODS = ("adamw", "gc", "znorm", "gan")
 DATASETS = ("digits", "cifar100")
@@ -114,9 +114,12 @@ def train_method(method, args, images, augmented, device):
     """Train one method from the seed; return its per-epoch curves and its recorder (or None)."""
     torch.manual_seed(args.seed)
     model = models.MODELS[args.model](in_channels=images.in_channels, num_classes=images.num_classes).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    if method != "adamw":
-        opt = GAN(opt, mode=method)
+    if method == "gan-fused":
+        opt = GANAdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+        if method != "adamw":
+            opt = GAN(opt, mode=method)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs)
     recorder = GradientRecorder(eligible_names(model), coherence=not args.no_coherence) if method != "adamw" else None
     x_train, y_train = images.train_x.to(device), images.train_y.to(device)
@@ -125,7 +128,7 @@ def train_method(method, args, images, augmented, device):
     steps = -(-len(y_train) // args.batch_size)
     curves = {"loss": [], "test_accuracy": []}
     start = time.perf_counter()
-    with tqdm(total=args.epochs * steps, desc=f"{method:>6}", unit="step", leave=False, file=sys.stderr) as bar:
+    with tqdm(total=args.epochs * steps, desc=f"{method:>9}", unit="step", leave=False, file=sys.stderr) as bar:
         for epoch in range(1, args.epochs + 1):
             model.train()
             order = torch.randperm(len(y_train), generator=shuffle).to(device)
@@ -144,7 +147,7 @@ def train_method(method, args, images, augmented, device):
             scheduler.step()
             curves["loss"].append(total.item() / len(y_train))
             curves["test_accuracy"].append(accuracy(model, x_test, y_test))
-            line = f"{method:>6}  epoch {epoch:3d}  loss {curves['loss'][-1]:.4f}  test acc {curves['test_accuracy'][-1]:.4f}"
+            line = f"{method:>9}  epoch {epoch:3d}  loss {curves['loss'][-1]:.4f}  test acc {curves['test_accuracy'][-1]:.4f}"
             if recorder is not None:
                 row = recorder.flush()[-1]
                 line += f"  alpha {row['alpha']:.3g}  global grad std {row['global_std']:.3g}"
@@ -199,9 +202,9 @@ def plot(path, results, recorders, model_name):
 
 
 def comparison_table(results):
-    lines = [f"{'method':<7} {'final acc':>9} {'best acc':>9} {'final loss':>10} {'seconds':>8}"]
+    lines = [f"{'method':<9} {'final acc':>9} {'best acc':>9} {'final loss':>10} {'seconds':>8}"]
     for method, c in results.items():
-        lines.append(f"{method:<7} {c['test_accuracy'][-1]:>9.4f} {max(c['test_accuracy']):>9.4f} {c['loss'][-1]:>10.4f} {c['seconds']:>8.1f}")
+        lines.append(f"{method:<9} {c['test_accuracy'][-1]:>9.4f} {max(c['test_accuracy']):>9.4f} {c['loss'][-1]:>10.4f} {c['seconds']:>8.1f}")
     return "\n".join(lines)
 
 

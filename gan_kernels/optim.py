@@ -1,4 +1,5 @@
-"""``GAN``: a drop-in optimizer wrapper that normalizes eligible gradients before each step."""
+"""The optimizers: ``GAN``, a drop-in wrapper that normalizes the eligible gradients before each
+step of any optimizer, and ``GANAdamW``, AdamW with GAN fused into its update."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.adamw import adamw
 
+from . import plan as plans
 from .functional import check_backend, gan_, step
 from .plan import Plan
 from .state import GANState, GANStats
@@ -122,11 +125,7 @@ class GAN(torch.optim.Optimizer):
 
     def eligible_grads(self) -> list[Tensor]:
         """The gradients that the next ``step`` transforms, in parameter-group order."""
-        params = [p for group in self.param_groups for p in group["params"]]
-        if self.eligible is default_eligible:
-            # The default rule needs only the gradients: one pass over them, at every step.
-            return list(filter(eligible_gradient, map(_grad, params)))
-        return [p.grad for p in params if p.grad is not None and self.eligible(p)]
+        return eligible_gradients(self.param_groups, self.eligible)
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Evaluate ``closure`` (with grad enabled) if given, apply GAN to the eligible gradients in
@@ -170,3 +169,215 @@ class GAN(torch.optim.Optimizer):
         eligible = "default" if self.eligible is default_eligible else repr(self.eligible)
         inner = "\n".join("    " + line for line in repr(self.optimizer).splitlines())
         return f"GAN(mode={self.mode!r}, backend={self.backend!r}, eligible={eligible},\n{inner}\n)"
+
+
+class GANAdamW(torch.optim.AdamW):
+    """AdamW with GAN fused into its update: the step of ``GAN(torch.optim.AdamW(...))`` on every
+    finite step, but each gradient is read twice (statistics, then the update that transforms it on
+    the fly) and never written: after ``step``, ``p.grad`` still holds the raw gradient.
+
+    Arguments are torch's AdamW's (``lr`` may be a tensor, for CUDA graphs), plus ``mode``,
+    ``eligible`` and ``backend`` as for :class:`GAN`. Parameter groups, LR schedulers,
+    ``zero_grad`` and ``torch.amp.GradScaler`` (unscaling before the step) work as with AdamW.
+    The state is torch's AdamW's (``step`` as a float32 tensor on the parameter's device,
+    ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` with amsgrad; in the parameter's dtype) and
+    ``state_dict()`` adds the :class:`GANState` under ``"gan"``, so checkpoints move between
+    ``GANAdamW`` and ``GAN(torch.optim.AdamW(...))`` both ways.
+
+    On CUDA (and CPU tensors under ``TRITON_INTERPRET=1`` with ``backend="triton"``) a step is the
+    statistics and finalize launches then one update launch per parameter dtype, with no host
+    sync. Elsewhere — mode ``"gc"``, float64 parameters, strided parameters or gradients, no
+    eligible parameter — it is the PyTorch fallback on copies of the eligible gradients followed by
+    torch's own AdamW (fused where torch offers it). A non-finite step changes nothing at all:
+    parameters, optimizer state and ``gan_state`` stay as they were and ``last_stats.nonfinite`` is
+    True (the one deliberate difference from the composition, where AdamW would step anyway).
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        *,
+        amsgrad: bool = False,
+        maximize: bool = False,
+        mode: str = "gan",
+        eligible: Callable[[Tensor], bool] | None = None,
+        backend: str = "auto",
+    ) -> None:
+        if eligible is not None and not callable(eligible):
+            raise TypeError(f"eligible must be a callable param -> bool, got {type(eligible).__name__}")
+        self.mode = check_mode(mode)
+        self.backend = check_backend(backend)
+        self.eligible = eligible or default_eligible
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize)
+        first = next((p for group in self.param_groups for p in group["params"]), None)
+        self.gan_state = GANState(device=first.device if first is not None else None)
+        self._last: dict[str, GANStats] = {}
+        self._plan = None
+        self._plan_key: tuple | None = None
+        self._scratch: list[Tensor] = []  # the fallback's copies of the eligible gradients
+
+    @property
+    def last_stats(self) -> GANStats | None:
+        """The :class:`GANStats` of the last step, ``None`` before the first."""
+        return self._last.get("stats")
+
+    def eligible_grads(self) -> list[Tensor]:
+        """The gradients that the next ``step`` transforms (on the fly), in parameter-group order."""
+        return eligible_gradients(self.param_groups, self.eligible)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Evaluate ``closure`` (with grad enabled) if given, then take one GAN + AdamW step.
+        Returns the closure's result (or None)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        params, grads, groups, states = [], [], [], []
+        for j, group in enumerate(self.param_groups):
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("GANAdamW does not support sparse gradients")
+                params.append(p)
+                grads.append(p.grad)
+                groups.append(j)
+                states.append(self._state(p, group))
+        if self.eligible is default_eligible:
+            flags = [eligible_gradient(g) for g in grads]
+        else:
+            flags = [bool(self.eligible(p)) for p in params]
+        eligible, slot = [], 0
+        for flag in flags:
+            eligible.append(slot if flag else -1)
+            slot += flag
+        plan = self._fused_plan(params, grads, states, eligible, groups) if slot else None
+        if plan is None:
+            self._last["stats"] = self._fallback_step(params, grads, states, eligible, groups)
+        else:
+            self._last["stats"] = plan.step(self.gan_state.to_(plan.device), self.mode, *self._hyper())
+        return loss
+
+    def _state(self, p: Tensor, group: dict) -> dict:
+        """The parameter's AdamW state, created as torch does (the step on the parameter's device,
+        as for a fused or capturable AdamW)."""
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if group["amsgrad"]:
+                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+
+    def _hyper(self) -> tuple[list[tuple], list[tuple[int, int, Tensor]]]:
+        """The hyper-parameter table of the update kernel: floats per group, and the tensor-valued
+        entries (lr, betas) to copy on the device."""
+        from .kernels import update
+
+        rows, tensors = [], []
+        for j, group in enumerate(self.param_groups):
+            beta1, beta2 = group["betas"]
+            row = [group["lr"], beta1, beta2, group["eps"], group["weight_decay"],
+                   update.MAXIMIZE.value * group["maximize"] + update.AMSGRAD.value * group["amsgrad"]]
+            for column, value in enumerate(row):
+                if isinstance(value, Tensor):
+                    tensors.append((j, column, value))
+                    row[column] = 0.0
+            rows.append(tuple(float(v) for v in row))
+        return rows, tensors
+
+    def _fused_plan(self, params, grads, states, eligible, groups):
+        """The kernels' plan for this layout (kept while the layout lasts), or None where the
+        kernels cannot run it."""
+        if self.mode == "gc":
+            return None
+        key = (tuple(map(Tensor.data_ptr, params)), tuple(map(Tensor.data_ptr, grads)), plans._metadata(grads),
+               tuple(eligible), tuple(groups),
+               tuple((s["exp_avg"].data_ptr(), s["exp_avg_sq"].data_ptr(), s["step"].data_ptr()) for s in states))
+        if key == self._plan_key:
+            return self._plan
+        from .kernels.fused import AdamWPlan, fusable
+
+        device = params[0].device
+        plan = None
+        usable = all(p.device == device for p in params) and plans.uses_triton(params, self.backend)
+        if usable and fusable(params, grads, states):
+            plan = AdamWPlan(params, grads, states, eligible, groups, len(self.param_groups), device)
+        self._plan, self._plan_key = plan, key
+        return plan
+
+    def _fallback_step(self, params, grads, states, eligible, groups) -> GANStats:
+        """GAN on copies of the eligible gradients (so ``p.grad`` keeps the raw gradient), then
+        torch's AdamW on them, fused where torch offers it so that a non-finite step is skipped on
+        the device (``found_inf``); elsewhere the flag is read on the host."""
+        chosen = [g for g, slot in zip(grads, eligible) if slot >= 0]
+        if [(s.shape, s.dtype, s.device, s.stride()) for s in self._scratch] != [(g.shape, g.dtype, g.device, g.stride()) for g in chosen]:
+            self._scratch = [g.clone(memory_format=torch.preserve_format) for g in chosen]
+        elif chosen:
+            torch._foreach_copy_(self._scratch, chosen)
+        stats = gan_(self._scratch, self.gan_state, mode=self.mode, backend=self.backend)
+        transformed = iter(self._scratch)
+        inputs = [next(transformed) if slot >= 0 else g for g, slot in zip(grads, eligible)]
+        fused = all(_fused_adamw_supported(p) for p in params)
+        if not fused and stats.nonfinite.item():
+            return stats
+        for j, group in enumerate(self.param_groups):
+            members = [i for i, k in enumerate(groups) if k == j]
+            if not members:
+                continue
+            beta1, beta2 = group["betas"]
+            adamw(
+                [params[i] for i in members], [inputs[i] for i in members],
+                [states[i]["exp_avg"] for i in members], [states[i]["exp_avg_sq"] for i in members],
+                [states[i]["max_exp_avg_sq"] for i in members] if group["amsgrad"] else [],
+                [states[i]["step"] for i in members],
+                fused=fused, found_inf=stats.nonfinite.to(torch.float32) if fused else None,
+                amsgrad=group["amsgrad"], beta1=beta1, beta2=beta2, lr=group["lr"],
+                weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"],
+            )
+        return stats
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's AdamW state dict, with the :class:`GANState` under ``"gan"``."""
+        state_dict = super().state_dict()
+        state_dict["gan"] = self.gan_state.state_dict()
+        return state_dict
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a dict from :meth:`state_dict`, or one of ``GAN(torch.optim.AdamW(...))`` or of a
+        plain AdamW (which leaves the GANState as it is). Steps move to their parameter's device."""
+        state_dict = dict(state_dict)
+        gan_state = state_dict.pop("gan", None)
+        super().load_state_dict(state_dict)
+        for p, state in self.state.items():
+            if "step" in state:
+                state["step"] = torch.as_tensor(state["step"], dtype=torch.float32).to(p.device)
+        if gan_state is not None:
+            self.gan_state.load_state_dict(gan_state)
+        self._plan_key = None
+
+    def __repr__(self) -> str:
+        eligible = "default" if self.eligible is default_eligible else repr(self.eligible)
+        return f"GANAdamW(mode={self.mode!r}, backend={self.backend!r}, eligible={eligible}) " + super().__repr__()
+
+
+def eligible_gradients(param_groups: list[dict[str, Any]], eligible: Callable[[Tensor], bool]) -> list[Tensor]:
+    """The gradients ``eligible`` chooses among the parameters of ``param_groups``, in order."""
+    params = [p for group in param_groups for p in group["params"]]
+    if eligible is default_eligible:
+        # The default rule needs only the gradients: one pass over them, at every step.
+        return list(filter(eligible_gradient, map(_grad, params)))
+    return [p.grad for p in params if p.grad is not None and eligible(p)]
+
+
+def _fused_adamw_supported(p: Tensor) -> bool:
+    """Whether torch's fused AdamW takes ``p`` (and so a ``found_inf`` flag on the device)."""
+    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+    return p.device.type in _get_fused_kernels_supported_devices() and p.is_floating_point()

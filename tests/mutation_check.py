@@ -31,9 +31,11 @@ FALLBACK = "gan_kernels/fallback.py"
 APPLY = "gan_kernels/kernels/apply.py"
 FINALIZE = "gan_kernels/kernels/finalize.py"
 PLAN = "gan_kernels/plan.py"
+UPDATE = "gan_kernels/kernels/update.py"
 
 FALLBACK_VALUES = ["tests/test_functional.py", "-k", "boundaries or multi_step or offset or mixed"]
 KERNEL_VALUES = ["tests/test_kernels.py", "-k", "(tile_boundaries and single_read) or multi_step or offset"]
+ADAMW_TESTS = ("tests/test_adamw.py", "-k", "every_mode or every_option or nonfinite or raw_gradient")
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,62 @@ MUTANTS = [
         "y = x - row_means(x)",
         "y = x - mean",
         ("tests/test_reference.py", "-k", "gc"),
+    ),
+    Mutant(
+        "fused AdamW: weight decay not applied",
+        UPDATE,
+        "    p = p * decay\n",
+        "",
+        ADAMW_TESTS,
+    ),
+    Mutant(
+        "fused AdamW: the GAN transform skipped",
+        UPDATE,
+        "        g = transform(g, tl.load(means + slot), tl.load(alpha), tl.load(stds + slot), MODE)",
+        "        g = g * 1.0",
+        ADAMW_TESTS,
+    ),
+    Mutant(
+        "fused AdamW: maximize ignored",
+        UPDATE,
+        "        g = -g",
+        "        g = g * 1.0",
+        ADAMW_TESTS,
+    ),
+    Mutant(
+        "fused AdamW: amsgrad's running max not kept",
+        UPDATE,
+        "vmax = tl.maximum(_load(vmax_at, inside, FULL), v)",
+        "vmax = v",
+        ADAMW_TESTS,
+    ),
+    Mutant(
+        "fused AdamW: parameter steps not advanced by the finalize",
+        FINALIZE,
+        "tl.store(at, tl.load(at, mask=listed, other=0.0) + 1.0, mask=listed)",
+        "tl.store(at, tl.load(at, mask=listed, other=0.0), mask=listed)",
+        ADAMW_TESTS,
+    ),
+    Mutant(
+        "fused AdamW: the update writes on a non-finite step",
+        UPDATE,
+        "    if tl.load(nonfinite) == 0:",
+        "    if tl.load(nonfinite) >= 0:",
+        ADAMW_TESTS,
+    ),
+    Mutant(
+        "GANAdamW's fallback steps AdamW on a non-finite step",
+        "gan_kernels/optim.py",
+        "found_inf=stats.nonfinite.to(torch.float32) if fused else None",
+        "found_inf=None",
+        ADAMW_TESTS,
+    ),
+    Mutant(
+        "GANAdamW's fallback transforms p.grad in place",
+        "gan_kernels/optim.py",
+        "stats = gan_(self._scratch, self.gan_state, mode=self.mode, backend=self.backend)",
+        "stats = gan_(chosen, self.gan_state, mode=self.mode, backend=self.backend)",
+        ADAMW_TESTS,
     ),
     Mutant(
         "finalize's arrival counter not reset after a step",

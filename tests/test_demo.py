@@ -33,7 +33,7 @@ def test_one_epoch_writes_metrics_figure_and_gradient_logs(tmp_path, capsys):
     "argv,message",
     [
         (["--model", "resnet18"], "unknown model 'resnet18'; accepted: resnet20, resnet56, vgg16_bn"),
-        (["--methods", "adamw,lion"], "unknown method 'lion'; accepted: adamw, gc, center, znorm, gan"),
+        (["--methods", "adamw,lion"], "unknown method 'lion'; accepted: adamw, gc, center, znorm, gan, gan-fused"),
         (["--dataset", "mnist"], "unknown dataset 'mnist'; accepted: digits, cifar100"),
         (["--dataset", "cifar100"], "needs --data-dir"),
         (["--dataset", "cifar100", "--data-dir", "{tmp}"], "cifar-100-python"),

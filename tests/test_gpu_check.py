@@ -30,8 +30,9 @@ def test_dry_run_writes_every_stage_and_a_summary(tmp_path):
     assert "sanitizers skipped" in stages["sanitizer"]["note"] and "driver alone passed" in stages["sanitizer"]["note"]
     assert stages["tests"]["data"]["passed"] > 0 and stages["tests"]["data"]["failed"] == 0
     assert {r["implementation"] for r in stages["bench"]["data"]["rows"]} == {"reference", "compiled", "foreach-eager", "torch"}
+    assert {r["optimizer"] for r in stages["bench"]["data"]["optimizer_rows"]} == {"adamw-fused", "gan+adamw-fused", "ganadamw"}
     assert [r["set"] for r in stages["host"]["data"]["rows"]] == ["resnet20", "synthetic_400"]
-    assert len(stages["aot"]["data"]["rows"]) == 21
+    assert len(stages["aot"]["data"]["rows"]) == 31
     assert "driver: ok" in (out / "sanitizer.log").read_text()
     markdown = (out / "results.md").read_text()
     assert "dry run" in markdown and "## Targets" in markdown and "## Compiler report" in markdown
@@ -73,6 +74,10 @@ def test_targets_are_met_missed_or_not_measured():
     assert found["gpt2_small float32: >= 80% of copy bandwidth"]["met"] is True
     assert found["tensor_64m float32: >= 80% of copy bandwidth"]["met"] is False
     assert found["gpt2_small bfloat16: >= 80% of copy bandwidth"]["met"] is None
+    assert found["gpt2_small float32: GANAdamW <= 1.15x AdamW(fused=True)"]["met"] is None
+    optimizer_rows = [{"set": "gpt2_small", "dtype": "float32", "optimizer": "ganadamw", "ratio_to_fused_adamw": 1.1}]
+    found = {t["target"]: t for t in gpu_check.targets(rows, optimizer_rows)}
+    assert found["gpt2_small float32: GANAdamW <= 1.15x AdamW(fused=True)"]["met"] is True
 
 
 def test_junit_report_counts_and_names_failures(tmp_path):

@@ -4,6 +4,8 @@ They are skipped on machines without CUDA; tests/test_kernels.py covers the same
 Triton's interpreter there.
 """
 
+import copy
+
 import pytest
 import torch
 
@@ -110,8 +112,6 @@ def test_capture_a_whole_training_step():
     """The README's CUDA-graph recipe: forward, backward and GAN.step with a capturable AdamW,
     captured once and replayed on new batches, against the same steps run eagerly (the eager
     steps' host syncs are checked by the tests of cold and steady steps)."""
-    import copy
-
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)).cuda()
     opt = GAN(torch.optim.AdamW(model.parameters(), lr=1e-3, capturable=True))
@@ -178,8 +178,9 @@ def test_direct_launches_match_tritons_own_launch():
         for g, t, f in zip(grads, twin, fresh):
             g.copy_(f)
             t.copy_(f)
-    phases, apply_sites = held.runner.programs[("single_read", "gan")]
-    assert all(site.compiled is not None for site in [*phases[0][0], phases[0][1], *apply_sites])
+    (stats_sites, finalize_site), = held.runner.sites["stats", "single_read", "gan", False]
+    apply_sites = held.runner.sites["apply", "gan"]
+    assert all(site.compiled is not None for site in [*stats_sites, finalize_site, *apply_sites])
 
 
 def test_a_captured_plan_outlives_other_layouts():
@@ -235,3 +236,52 @@ def test_cold_steps_have_no_host_sync():
         opt.step()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_ganadamw_training_step_in_a_cuda_graph():
+    """A whole training step with GANAdamW (a tensor lr, so that a schedule could change it),
+    captured and replayed, against the same steps taken eagerly by a twin; the eager steps take
+    no host sync."""
+    from gan_kernels import GANAdamW
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)).cuda()
+    twin = copy.deepcopy(model)
+    opt = GANAdamW(model.parameters(), lr=torch.tensor(1e-3, device="cuda"), backend="triton")
+    twin_opt = GANAdamW(twin.parameters(), lr=torch.tensor(1e-3, device="cuda"), backend="triton")
+    static_x = torch.randn(16, 32, device="cuda")
+    static_y = torch.randint(0, 10, (16,), device="cuda")
+
+    def train_step(net, optimizer, x, y):
+        optimizer.zero_grad(set_to_none=False)
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        optimizer.step()
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            train_step(model, opt, static_x, static_y)
+    torch.cuda.current_stream().wait_stream(stream)
+    for _ in range(3):
+        train_step(twin, twin_opt, static_x, static_y)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        train_step(model, opt, static_x, static_y)
+    for seed in range(3):
+        generator = torch.Generator(device="cuda").manual_seed(seed)
+        x = torch.randn(16, 32, device="cuda", generator=generator)
+        y = torch.randint(0, 10, (16,), device="cuda", generator=generator)
+        static_x.copy_(x)
+        static_y.copy_(y)
+        opt.param_groups[0]["lr"].fill_(1e-3 / (seed + 1))
+        twin_opt.param_groups[0]["lr"].fill_(1e-3 / (seed + 1))
+        graph.replay()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            train_step(twin, twin_opt, x, y)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(a, b)
+    assert torch.equal(opt.gan_state.step, twin_opt.gan_state.step)

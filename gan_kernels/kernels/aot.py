@@ -23,9 +23,9 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from . import apply, finalize, stats
+from . import apply, finalize, stats, update
 from .launch import FINALIZE_CHUNK, FINALIZE_WARPS, NUM_WARPS, TRITON_DTYPES
-from .layout import tile_elements
+from .layout import tile_elements, update_tile_elements
 
 TABLE = "*i64"
 FLOATS = "*fp32"
@@ -50,8 +50,14 @@ def variants():
     apply_types = {**tables, **dict.fromkeys(("means", "stds", "alpha"), FLOATS), "nonfinite": "*i1"}
     finalize_types = {
         **dict.fromkeys(("part_means", "part_m2", "tensor_m2", "means", "stds", "global_std", "alpha"), FLOATS),
-        **dict.fromkeys(("first_part", "numels", "tile_elems", "step"), TABLE),
+        **dict.fromkeys(("first_part", "numels", "tile_elems", "step", "param_steps"), TABLE),
         "num_tensors": "i32", "total_elements": "i64", "nonfinite": "*i1", "exponent": "*fp64", "arrivals": "*i32",
+        "num_params": "i32",
+    }
+    update_types = {
+        **dict.fromkeys(("p_ptrs", "g_ptrs", "m_ptrs", "v_ptrs", "vmax_ptrs", "step_ptrs", "numels", "first_tile",
+                         "tile_tensor", "eligible", "group"), TABLE),
+        **dict.fromkeys(("means", "stds", "alpha"), FLOATS), "hyper": "*fp64", "nonfinite": "*i1",
     }
     for torch_dtype, dtype in TRITON_DTYPES.items():
         block = tile_elements(torch_dtype)
@@ -63,10 +69,16 @@ def variants():
             yield (f"apply[{mode_name},{dtype}]", apply.apply_kernel,
                    signature(apply.apply_kernel, apply_types),
                    {"MODE": mode, "DTYPE": dtype, "BLOCK": block}, NUM_WARPS)
+        for mode_name, mode in apply.MODES.items():
+            yield (f"adamw[{mode_name},{dtype}]", update.adamw_update_kernel,
+                   signature(update.adamw_update_kernel, update_types),
+                   {"MODE": mode, "DTYPE": dtype, "BLOCK": update_tile_elements(torch_dtype)}, NUM_WARPS)
     for phase_name, phase in FINALIZE_PHASES.items():
         yield (f"finalize[{phase_name}]", finalize.finalize_kernel,
                signature(finalize.finalize_kernel, finalize_types),
-               {"PHASE": phase.value, "GAN_MODE": True, "CHUNK": FINALIZE_CHUNK}, FINALIZE_WARPS)
+               {"PHASE": phase.value, "GAN_MODE": True, "CHUNK": FINALIZE_CHUNK, "PARAM_STEPS": False}, FINALIZE_WARPS)
+    yield ("finalize[chan,param_steps]", finalize.finalize_kernel, signature(finalize.finalize_kernel, finalize_types),
+           {"PHASE": finalize.CHAN.value, "GAN_MODE": True, "CHUNK": FINALIZE_CHUNK, "PARAM_STEPS": True}, FINALIZE_WARPS)
 
 
 def cuobjdump() -> str:

@@ -5,8 +5,9 @@ One program per tensor combines that tensor's tile partials with block-wide sums
 (mean = sum(n_t * mean_t) / n; M2 = sum(M2_t) + sum(n_t * (mean_t - mean)^2)). The last program to
 arrive (an atomic ticket, released after each program's results are stored) then sums the
 per-tensor M2 in index order, computes sigma and the non-finite flag, applies the autoscale rule
-and updates the state; it also resets the ticket counter, so consecutive steps (and CUDA graph
-replays) need no reset launch. Every sum runs in a fixed order, so results are bitwise repeatable.
+and updates the state (and, for the fused optimizer, every parameter's step); it also resets the
+ticket counter, so consecutive steps (and CUDA graph replays) need no reset launch. Every sum runs
+in a fixed order, so results are bitwise repeatable.
 """
 
 from __future__ import annotations
@@ -55,9 +56,12 @@ def finalize_kernel(
     exponent,
     step,
     arrivals,
+    param_steps,
+    num_params,
     PHASE: tl.constexpr,
     GAN_MODE: tl.constexpr,
     CHUNK: tl.constexpr,
+    PARAM_STEPS: tl.constexpr,
 ):
     i = tl.program_id(0)
     n = tl.load(numels + i)
@@ -113,4 +117,12 @@ def finalize_kernel(
             tl.store(nonfinite, flag)
             tl.store(exponent, tl.where(flag, old_exponent, new_exponent))
             tl.store(step, tl.load(step) + tl.where(flag, 0, 1).to(tl.int64))
+            if PARAM_STEPS:
+                # The fused optimizer's per-parameter steps (float32 scalars, through a pointer
+                # table) advance here, once the flag is known, before its update launch reads them.
+                for first_param in range(0, num_params, CHUNK):
+                    param = first_param + tl.arange(0, CHUNK)
+                    listed = (param < num_params) & ~flag
+                    at = tl.load(param_steps + param, mask=listed, other=0).to(tl.pointer_type(tl.float32))
+                    tl.store(at, tl.load(at, mask=listed, other=0.0) + 1.0, mask=listed)
             tl.store(arrivals, 0)

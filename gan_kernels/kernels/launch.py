@@ -132,7 +132,7 @@ class KernelPlan:
         self.stats_tails = [(layout.part_means, layout.part_m2, g.first_part) for g in self.groups]
         self.finalize_head = (layout.part_means, layout.part_m2, layout.first_part, layout.numels, layout.tile_elems,
                               layout.tensor_m2, layout.num_tensors, layout.total_elements)
-        self.programs: dict[tuple[str, str], tuple] = {}
+        self.sites: dict[tuple, list] = {}
 
     def step(self, grads: list[Tensor], state: GANState, mode: str, stats_form: str = "single_read") -> GANStats:
         """One GAN step in place on ``grads`` (the list this plan was built for), ``state`` on the
@@ -149,23 +149,34 @@ class KernelPlan:
         if self.staged:
             with torch.no_grad():
                 torch._foreach_copy_(self.buffers, [grads[i] for i in self.staged])
+        stats, stream = self.statistics(state, mode, stats_form)
+        for tables, site in zip(self.group_tables, self._apply_sites(mode)):
+            site.launch(tables + (stats.means, stats.stds, stats.alpha, stats.nonfinite), stream)
+        if self.staged:
+            with torch.no_grad():
+                torch._foreach_copy_([grads[i] for i in self.staged], self.buffers)
+        return stats
+
+    def statistics(
+        self, state: GANState, mode: str, stats_form: str = "single_read", param_steps: tuple[Tensor, int] | None = None
+    ) -> tuple[GANStats, int | None]:
+        """Launch the statistics and finalize kernels on the plan's tensors (staged ones already
+        copied in): the step's stats, freshly allocated, and the stream for direct launches (see
+        :meth:`_stream`). ``param_steps``: a table of pointers to float32 step counters and their
+        number, which the finalize advances on a finite step (the fused optimizer's)."""
         k, vector = self.num_tensors, self.vector
         means, stds, global_std, alpha = vector.new_empty(k), vector.new_empty(k), vector.new_empty(()), vector.new_empty(())
         nonfinite = self.flag.new_empty(())
         stream = self._stream(means, stds, global_std, alpha, nonfinite, state.exponent, state.step)
         layout = self.layout
-        phases, apply_sites = self._program(stats_form, mode)
-        finalize_args = self.finalize_head + (means, stds, global_std, alpha, nonfinite, state.exponent, state.step, layout.arrivals)
-        for stats_sites, finalize_site in phases:
+        steps_table, num_params = param_steps if param_steps is not None else (layout.numels, 0)
+        finalize_args = self.finalize_head + (means, stds, global_std, alpha, nonfinite, state.exponent, state.step,
+                                              layout.arrivals, steps_table, num_params)
+        for stats_sites, finalize_site in self._phases(stats_form, mode, param_steps is not None):
             for tables, tail, site in zip(self.group_tables, self.stats_tails, stats_sites):
                 site.launch(tables + (means,) + tail, stream)
             finalize_site.launch(finalize_args, stream)
-        for tables, site in zip(self.group_tables, apply_sites):
-            site.launch(tables + (means, stds, alpha, nonfinite), stream)
-        if self.staged:
-            with torch.no_grad():
-                torch._foreach_copy_([grads[i] for i in self.staged], self.buffers)
-        return GANStats(alpha, global_std, means, stds, nonfinite)
+        return GANStats(alpha, global_std, means, stds, nonfinite), stream
 
     def _stream(self, *tensors: Tensor) -> int | None:
         """The raw current CUDA stream when every per-step pointer is 16-byte aligned (direct
@@ -174,22 +185,28 @@ class KernelPlan:
             return None
         return torch._C._cuda_getCurrentRawStream(self.device.index)
 
-    def _program(self, stats_form: str, mode: str) -> tuple:
-        """The launch sites of a step: per phase, the statistics sites (one per dtype group) and the
-        finalize site; then the apply sites. Made on first use of each form and mode."""
-        key = (stats_form, mode)
-        program = self.programs.get(key)
-        if program is None:
+    def _phases(self, stats_form: str, mode: str, param_steps: bool) -> list:
+        """The launch sites of the statistics: per phase, one statistics site per dtype group and
+        the finalize site. Made on first use of each form, mode and kind of finalize."""
+        key = ("stats", stats_form, mode, param_steps)
+        phases = self.sites.get(key)
+        if phases is None:
             forms = [(stats.SINGLE_READ, finalize.CHAN)] if stats_form == "single_read" else [
                 (stats.TILE_SUMS, finalize.MEANS_ONLY), (stats.DEVIATIONS, finalize.ABOUT_TENSOR_MEAN)]
-            phases = [
+            phases = self.sites[key] = [
                 ([LaunchSite(stats.tile_stats_kernel, g.num_tiles, FORM=form.value, DTYPE=TRITON_DTYPES[g.dtype],
                              BLOCK=g.tile, num_warps=NUM_WARPS) for g in self.groups],
-                 LaunchSite(finalize.finalize_kernel, self.layout.num_tensors, PHASE=phase.value,
-                            GAN_MODE=mode == "gan", CHUNK=FINALIZE_CHUNK, num_warps=FINALIZE_WARPS))
+                 LaunchSite(finalize.finalize_kernel, self.layout.num_tensors, PHASE=phase.value, GAN_MODE=mode == "gan",
+                            CHUNK=FINALIZE_CHUNK, PARAM_STEPS=param_steps, num_warps=FINALIZE_WARPS))
                 for form, phase in forms
             ]
-            apply_sites = [LaunchSite(apply.apply_kernel, g.num_tiles, MODE=apply.MODES[mode], DTYPE=TRITON_DTYPES[g.dtype],
-                                      BLOCK=g.tile, num_warps=NUM_WARPS) for g in self.groups]
-            program = self.programs[key] = (phases, apply_sites)
-        return program
+        return phases
+
+    def _apply_sites(self, mode: str) -> list[LaunchSite]:
+        key = ("apply", mode)
+        sites = self.sites.get(key)
+        if sites is None:
+            sites = self.sites[key] = [
+                LaunchSite(apply.apply_kernel, g.num_tiles, MODE=apply.MODES[mode], DTYPE=TRITON_DTYPES[g.dtype],
+                           BLOCK=g.tile, num_warps=NUM_WARPS) for g in self.groups]
+        return sites

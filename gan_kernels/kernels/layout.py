@@ -27,6 +27,7 @@ finalize combines small. Offsets are 64-bit throughout, so a tensor past 2**31 e
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -74,6 +75,17 @@ class Layout:
     host_buffer: Tensor
 
 
+def send(pieces: list[Tensor], device: torch.device) -> tuple[Tensor, Iterator[Tensor]]:
+    """Pack int64 host tables into one buffer (pinned for a GPU), send it with one non-blocking
+    copy, and return the host buffer (keep it alive with the tables) and the device tables in
+    order."""
+    host = torch.cat(pieces)
+    if device.type == "cuda":
+        host = host.pin_memory()
+    table = host.to(device, non_blocking=True)
+    return host, iter(table.split([len(p) for p in pieces]))
+
+
 def build_layout(tensors: list[Tensor], device: torch.device) -> Layout:
     """The :class:`Layout` of ``tensors`` (dense, 16-byte aligned, on ``device``): tables filled on
     the host in one go and sent with one non-blocking copy (never a host synchronisation)."""
@@ -98,11 +110,7 @@ def build_layout(tensors: list[Tensor], device: torch.device) -> Layout:
         pieces += group_pieces
         part += num_tiles
 
-    host = torch.cat(pieces)
-    if device.type == "cuda":
-        host = host.pin_memory()
-    table = host.to(device, non_blocking=True)
-    views = iter(table.split([len(p) for p in pieces]))
+    host, views = send(pieces, device)
     numels_d, tile_elems_d, first_part_d = next(views), next(views), next(views)
     group_tables = tuple(
         GroupTables(dtype, tile, num_tiles, first, *(next(views) for _ in group_pieces))
@@ -121,3 +129,67 @@ def build_layout(tensors: list[Tensor], device: torch.device) -> Layout:
         arrivals=torch.zeros(1, dtype=torch.int32, device=device),
         host_buffer=host,
     )
+
+
+# The update holds five arrays per element in registers (g, p, m, v and, with amsgrad, the max of
+# v), all in float32 whatever their dtype: 2048 elements per tile, 8 per thread at 8 warps, which
+# is two 16-byte vectors per array in float32 and one in float16/bfloat16.
+UPDATE_TILE_ELEMENTS = 2048
+
+
+def update_tile_elements(dtype: torch.dtype) -> int:
+    return UPDATE_TILE_ELEMENTS
+
+
+@dataclass(frozen=True)
+class UpdateGroup:
+    """The update tables of the parameters of one dtype, as slices of one device buffer: ``tables``
+    is (p, g, m, v, vmax, step pointers, numels, first_tile, tile_tensor, eligible, group) in the
+    order the update kernel takes them."""
+
+    dtype: torch.dtype
+    tile: int
+    num_tiles: int
+    tables: tuple[Tensor, ...]
+
+
+@dataclass(frozen=True)
+class UpdateLayout:
+    """Device tables for the fused AdamW update of one list of parameters: per dtype group the
+    tables above, and the pointers of every parameter's step tensor (the finalize advances them)."""
+
+    groups: tuple[UpdateGroup, ...]
+    steps: Tensor
+    num_params: int
+    host_buffer: Tensor
+
+
+def build_update_layout(
+    arrays: list[list[Tensor | None]], eligible: list[int], group: list[int], device: torch.device
+) -> UpdateLayout:
+    """The :class:`UpdateLayout` of k parameters. ``arrays`` holds, per parameter, its
+    ``[p, g, m, v, vmax or None, step]`` (dense, 16-byte aligned, p, g, m, v and vmax with one
+    dtype and one set of strides; the step a float32 scalar); ``eligible[i]`` is parameter i's
+    position among the eligible gradients (its mean and std) or -1; ``group[i]`` its row of the
+    hyper-parameter table. One non-blocking copy, no host synchronisation."""
+    pointers = torch.tensor([[0 if a is None else a.data_ptr() for a in row] for row in arrays], dtype=torch.int64)
+    numels = torch.tensor([row[0].numel() for row in arrays], dtype=torch.int64)
+    eligible_t = torch.tensor(eligible, dtype=torch.int64)
+    group_t = torch.tensor(group, dtype=torch.int64)
+    pieces = [pointers[:, 5].contiguous()]
+    meta = []
+    for dtype, indices in group_by_dtype([row[0] for row in arrays]).items():
+        index = torch.tensor(indices, dtype=torch.int64)
+        tile = update_tile_elements(dtype)
+        tiles = (numels[index] + tile - 1) // tile
+        first_tile = torch.cumsum(tiles, 0) - tiles
+        tile_tensor = torch.repeat_interleave(torch.arange(len(indices)), tiles)
+        group_pieces = [pointers[index, c].contiguous() for c in range(6)]
+        group_pieces += [numels[index], first_tile, tile_tensor, eligible_t[index], group_t[index]]
+        meta.append((dtype, tile, int(tiles.sum()), len(group_pieces)))
+        pieces += group_pieces
+    host, views = send(pieces, device)
+    steps = next(views)
+    groups = tuple(UpdateGroup(dtype, tile, num_tiles, tuple(next(views) for _ in range(count)))
+                   for dtype, tile, num_tiles, count in meta)
+    return UpdateLayout(groups=groups, steps=steps, num_params=len(arrays), host_buffer=host)
