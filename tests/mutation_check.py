@@ -224,6 +224,27 @@ MUTANTS = [
         ADAMW_TESTS,
     ),
     Mutant(
+        "attach: GAN before a step's closure computed the gradients",
+        "gan_kernels/hooks.py",
+        "        if closure is None:\n            self._apply(optimizer)\n            return None",
+        "        if True:\n            self._apply(optimizer)\n            return None",
+        ("tests/test_hooks.py", "tests/test_integrations.py", "-k", "closure or lightning"),
+    ),
+    Mutant(
+        "attach: GAN on scaled gradients when the optimizer unscales by itself",
+        "gan_kernels/hooks.py",
+        'scale = getattr(optimizer, "grad_scale", None)',
+        "scale = None",
+        ("tests/test_hooks.py", "-k", "scaler"),
+    ),
+    Mutant(
+        "attach: the GANState left out of the optimizer's state dict",
+        "gan_kernels/hooks.py",
+        '        state_dict["gan"] = self.gan_state.state_dict()\n',
+        "",
+        ("tests/test_hooks.py", "tests/test_integrations.py", "-k", "checkpoint"),
+    ),
+    Mutant(
         "finalize's arrival counter not reset after a step",
         FINALIZE,
         "            tl.store(arrivals, 0)\n",

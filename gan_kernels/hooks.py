@@ -1,0 +1,147 @@
+"""``attach``: GAN on an existing optimizer, through its step pre-hook.
+
+For optimizers that a framework creates (and wraps): the hook runs inside ``optimizer.step()``, so
+after gradient accumulation, gradient clipping and the unscaling by ``torch.amp.GradScaler``, and
+never for a step the scaler skips. A step given a closure (which computes the gradients inside the
+step) runs GAN right after the closure, before the update. The optimizer's own state dict carries the :class:`GANState`
+(state-dict hooks), so a framework's checkpoints resume GAN exactly.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .functional import check_backend, step
+from .optim import default_eligible, eligible_gradients
+from .state import GANState, GANStats
+from .validation import check_mode
+
+_attached: weakref.WeakKeyDictionary[torch.optim.Optimizer, Attachment] = weakref.WeakKeyDictionary()
+
+
+class Attachment:
+    """The handle :func:`attach` returns.
+
+    Attributes:
+        optimizer: the optimizer GAN is attached to.
+        gan_state: the :class:`GANState` carried between steps (also in the optimizer's state dict
+            under ``"gan"``).
+        last_stats: the :class:`GANStats` of the last step, ``None`` before the first.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, mode: str, backend: str, eligible: Callable[[Tensor], bool]) -> None:
+        self.optimizer = optimizer
+        self.mode, self.backend, self.eligible = mode, backend, eligible
+        first = next((p for group in optimizer.param_groups for p in group["params"]), None)
+        self.gan_state = GANState(device=first.device if first is not None else None)
+        self.last_stats: GANStats | None = None
+        self._plan = None
+        self._hooks = [
+            optimizer.register_step_pre_hook(self._before_step),
+            optimizer.register_state_dict_post_hook(self._save),
+            optimizer.register_load_state_dict_pre_hook(self._load),
+        ]
+
+    def _before_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        # The hook sees step's arguments with the optimizer first: (self, closure=None).
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+        if closure is None:
+            self._apply(optimizer)
+            return None
+
+        # A step given a closure (Lightning's, which runs backward and clipping) computes the
+        # gradients inside the step, after this hook: GAN then runs right after the closure.
+        def closure_then_gan():
+            loss = closure()
+            self._apply(optimizer)
+            return loss
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": closure_then_gan}
+        return (args[0], closure_then_gan, *args[2:]), kwargs
+
+    @torch.no_grad()
+    def _apply(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = eligible_gradients(optimizer.param_groups, self.eligible)
+        # An optimizer that unscales by itself (fused AdamW under GradScaler) still holds scaled
+        # gradients here: GAN must see the true ones (alpha depends on their scale). The scale is a
+        # power of two, so dividing and multiplying back are exact.
+        scale = getattr(optimizer, "grad_scale", None)
+        if scale is not None and grads:
+            torch._foreach_div_(grads, scale)
+        self.last_stats, self._plan = step(grads, self.gan_state, self.mode, self.backend, self._plan)
+        if scale is not None and grads:
+            torch._foreach_mul_(grads, scale)
+
+    def _save(self, optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
+        state_dict["gan"] = self.gan_state.state_dict()
+        return state_dict
+
+    def _load(self, optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
+        state_dict = dict(state_dict)
+        saved = state_dict.pop("gan", None)
+        if saved is not None:
+            self.gan_state.load_state_dict(saved)
+        return state_dict
+
+    def remove(self) -> None:
+        """Detach: the optimizer is left exactly as it was before :func:`attach`."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        if _attached.get(self.optimizer) is self:
+            del _attached[self.optimizer]
+
+    def __repr__(self) -> str:
+        return f"Attachment(mode={self.mode!r}, backend={self.backend!r}, optimizer={type(self.optimizer).__name__})"
+
+
+def attach(
+    optimizer: torch.optim.Optimizer,
+    *,
+    mode: str = "gan",
+    backend: str = "auto",
+    eligible: Callable[[Tensor], bool] | None = None,
+) -> Attachment:
+    """Apply GAN to ``optimizer``'s eligible gradients at the start of each of its steps.
+
+    The same transform as :class:`~gan_kernels.GAN` (same eligibility rule, modes and backends),
+    for an optimizer you do not create yourself. ``optimizer.state_dict()`` then carries the
+    :class:`GANState` under ``"gan"`` and ``optimizer.load_state_dict`` restores it.
+
+    Returns:
+        An :class:`Attachment` with ``gan_state``, ``last_stats`` and ``remove()``.
+
+    Raises:
+        RuntimeError: if GAN is attached to ``optimizer`` already.
+    """
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"attach takes a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if eligible is not None and not callable(eligible):
+        raise TypeError(f"eligible must be a callable param -> bool, got {type(eligible).__name__}")
+    if optimizer in _attached:
+        raise RuntimeError(f"GAN is attached to this {type(optimizer).__name__} already; remove() that attachment first")
+    attachment = _attached[optimizer] = Attachment(optimizer, check_mode(mode), check_backend(backend), eligible or default_eligible)
+    return attachment
+
+
+def innermost(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer inside the wrappers frameworks put around it (accelerate's
+    ``AcceleratedOptimizer`` keeps it in ``.optimizer``, Lightning's ``LightningOptimizer`` in
+    ``._optimizer``): where a step pre-hook runs after the framework has unscaled and clipped the
+    gradients."""
+    seen = {id(optimizer)}
+    while True:
+        inner = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)
+        if inner is None or id(inner) in seen:
+            break
+        seen.add(id(inner))
+        optimizer = inner
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"no torch.optim.Optimizer inside {type(optimizer).__name__}")
+    return optimizer
