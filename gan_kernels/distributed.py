@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from . import fallback
+from .rule import Rule, check_rule
 from .state import GANState, GANStats
 from .validation import check_grads, check_mode, check_state, stats_dtype
 
@@ -39,6 +40,7 @@ def gan_sharded_(
     *,
     mode: str = "gan",
     process_group: dist.ProcessGroup | None = None,
+    rule: Rule | None = None,
 ) -> GANStats:
     """GAN on gradients sharded across the ranks of ``process_group``, in place on this rank's parts.
 
@@ -50,6 +52,7 @@ def gan_sharded_(
         mode: ``"gan"``, ``"center"`` or ``"znorm"`` (mode ``"gc"`` needs whole rows, which flat
             shards do not delimit: DTensors sharded along dimension 0 take it).
         process_group: the group the gradients are sharded over (default: the whole world).
+        rule: the alpha rule, None for the built-in one (as for :func:`gan_kernels.gan_`).
 
     Returns:
         :class:`GANStats` of the unsharded gradients, identical on every rank. One collective
@@ -61,11 +64,13 @@ def gan_sharded_(
             "mode 'gc' subtracts one mean per row, and flat shards do not delimit rows; use mode "
             "'center', or pass DTensor gradients sharded along dimension 0"
         )
-    return _sharded_step(shards, state, mode, process_group)
+    return _sharded_step(shards, state, mode, process_group, check_rule(rule))
 
 
 @torch.no_grad()
-def _sharded_step(shards: Sequence[Tensor], state: GANState | None, mode: str, process_group) -> GANStats:
+def _sharded_step(
+    shards: Sequence[Tensor], state: GANState | None, mode: str, process_group, rule: Rule | None
+) -> GANStats:
     check_process_group(process_group)
     shards = check_grads(shards)
     state = check_state(state, shards[0].device if shards else None)
@@ -88,12 +93,12 @@ def _sharded_step(shards: Sequence[Tensor], state: GANState | None, mode: str, p
     spread = torch.where(rank_counts > 0, rank_counts * (rank_means - mean) ** 2, 0.0)
     m2_total = rank_m2.sum(dim=0) + spread.sum(dim=0)
 
-    stats, scale = fallback.finalize(total.to(acc), mean.to(acc), m2_total.to(acc), state, mode)
+    stats, scale = fallback.finalize(total.to(acc), mean.to(acc), m2_total.to(acc), state, mode, rule)
     plan.apply_(shards, scale[plan.order], stats.nonfinite, mode, center=stats.means[plan.order])
     return stats
 
 
-def gan_dtensors_(grads: list, state: GANState | None, mode: str) -> GANStats:
+def gan_dtensors_(grads: list, state: GANState | None, mode: str, rule: Rule | None = None) -> GANStats:
     """GAN on DTensor gradients (as FSDP2 holds them): each sharded along one dimension of a
     one-dimensional device mesh; the mesh's process group carries the one collective."""
     from torch.distributed.tensor import DTensor, Shard
@@ -117,4 +122,4 @@ def gan_dtensors_(grads: list, state: GANState | None, mode: str) -> GANStats:
                 "and needs whole rows on each rank: shard along dimension 0"
             )
     # Sharded along dimension 0, every rank holds whole rows: mode "gc" needs nothing more.
-    return _sharded_step([g.to_local() for g in grads], state, mode, mesh.get_group())
+    return _sharded_step([g.to_local() for g in grads], state, mode, mesh.get_group(), rule)

@@ -29,7 +29,7 @@ from collections import defaultdict
 import torch
 from torch import Tensor
 
-from .rule import ZNORM_EPS, autoscale, row_means
+from .rule import ZNORM_EPS, Rule, advance, row_means
 from .state import GANState, GANStats
 from .validation import arithmetic_dtype, stats_dtype
 
@@ -59,7 +59,9 @@ def on_host(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
-def finalize(counts: Tensor, means: Tensor, m2: Tensor, state: GANState, mode: str) -> tuple[GANStats, Tensor]:
+def finalize(
+    counts: Tensor, means: Tensor, m2: Tensor, state: GANState, mode: str, rule: Rule | None = None
+) -> tuple[GANStats, Tensor]:
     """Turn per-tensor statistics into the step's stats and update ``state``, on the device.
 
     Args:
@@ -67,6 +69,7 @@ def finalize(counts: Tensor, means: Tensor, m2: Tensor, state: GANState, mode: s
             squared deviations about the means, in any fixed order.
         state: ``exponent`` and ``step`` are updated in place, unless the step is non-finite.
         mode: ``"gan"``, ``"center"``, ``"gc"`` or ``"znorm"``.
+        rule: the alpha rule, None for the built-in one (:mod:`gan_kernels.rule`).
 
     Returns:
         ``(stats, scale)``: ``stats`` with means and stds in the order given; the apply computes
@@ -76,9 +79,7 @@ def finalize(counts: Tensor, means: Tensor, m2: Tensor, state: GANState, mode: s
     sigma = torch.where(total > 1, torch.sqrt(m2.sum() / (total - 1).clamp(min=1)), 0.0)
     stds = torch.where(counts > 1, torch.sqrt(m2 / (counts - 1).clamp(min=1)), 0.0)
     nonfinite = ~(torch.isfinite(sigma) & torch.isfinite(means).all())
-    alpha, exponent = autoscale(sigma, state.exponent)
-    state.exponent.copy_(torch.where(nonfinite, state.exponent, exponent))
-    state.step.add_((~nonfinite).to(state.step.dtype))
+    alpha = advance(rule, sigma, nonfinite, state)
 
     if mode == "gan":
         scale = alpha.expand(len(means))
@@ -91,10 +92,11 @@ def finalize(counts: Tensor, means: Tensor, m2: Tensor, state: GANState, mode: s
     return GANStats(alpha=alpha, global_std=sigma, means=means, stds=stds, nonfinite=nonfinite), scale
 
 
-def empty_step(state: GANState) -> GANStats:
-    """The step of an empty list: sigma 0, alpha 1, the state's step counted, on its device."""
+def empty_step(state: GANState, rule: Rule | None = None) -> GANStats:
+    """The step of an empty list: sigma 0, alpha as the rule gives it (1 for the built-in one), the
+    state's step counted, on its device."""
     nothing = torch.zeros(0, dtype=torch.float32, device=state.device)
-    return finalize(nothing, nothing, nothing, state, "gan")[0]
+    return finalize(nothing, nothing, nothing, state, "gan", rule)[0]
 
 
 class FallbackPlan:
@@ -257,11 +259,11 @@ class FallbackPlan:
                 torch.add(offset, work.copy_(tile), alpha=scale, out=work)
                 tile.copy_(work)
 
-    def step(self, grads: list[Tensor], state: GANState, mode: str) -> GANStats:
+    def step(self, grads: list[Tensor], state: GANState, mode: str, rule: Rule | None = None) -> GANStats:
         """One GAN step over ``grads`` (the list this plan was built for), in place."""
         with torch.no_grad():
             counts, means, m2 = self.partials(grads)
-            stats, scale = finalize(counts, means, m2, state, mode)
+            stats, scale = finalize(counts, means, m2, state, mode, rule)
             self.apply_(grads, scale, stats.nonfinite, mode)
         return self.in_list_order(stats)
 

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from . import plan as plans
 from .fallback import empty_step
+from .rule import Rule, check_rule
 from .state import GANState, GANStats
 from .validation import as_list, check_grads, check_mode, check_state, is_dtensor
 
@@ -27,6 +28,7 @@ def gan_(
     *,
     mode: str = "gan",
     backend: str = "auto",
+    rule: Rule | None = None,
 ) -> GANStats:
     """Apply Gradient Autoscaled Normalization to ``grads``, in place, and return the step's stats.
 
@@ -51,26 +53,45 @@ def gan_(
             ``TRITON_INTERPRET=1``). A list holding float64 tensors always takes the fallback.
             DTensor gradients (FSDP2) go to :func:`gan_kernels.distributed.gan_sharded_`, which
             gives every rank the result of the unsharded gradients.
+        rule: how sigma becomes alpha: a callable ``rule(sigma, exponent) -> (alpha, exponent)``
+            over 0-d device tensors, pure and free of host syncs, whose exponent is stored on finite
+            steps only; None is the built-in :func:`gan_kernels.rule.autoscale`, which the Triton
+            path keeps fused in its finalize kernel. Every backend gives the same result for the
+            same rule (``docs/method.md``).
 
     Returns:
         :class:`GANStats` with 0-d ``alpha``, ``global_std``, ``nonfinite`` and (k,) ``means``,
         ``stds``, on the gradients' device.
 
     Raises:
-        TypeError / ValueError: for bad input (SPEC §3), naming the offending index, before anything
-        is modified.
+        TypeError / ValueError: for bad input (``docs/guarantees.md``), naming the offending index,
+        before anything is modified.
     """
     if torch.compiler.is_compiling():
+        if rule is not None:
+            # A Python callable cannot cross the compiled operator: the step runs eagerly instead
+            # (a graph break), the rule included.
+            return _eager_step(grads, state, mode, backend, check_rule(rule))
         return _traced_gan_(grads, state, mode, backend)
-    return _eager_gan_(grads, state, mode, backend)
+    return _eager_gan_(grads, state, mode, backend, rule)
 
 
-def _eager_gan_(grads: Sequence[Tensor], state: GANState | None, mode: str, backend: str) -> GANStats:
-    return step(grads, state, mode, backend)[0]
+def _eager_gan_(
+    grads: Sequence[Tensor], state: GANState | None, mode: str, backend: str, rule: Rule | None = None
+) -> GANStats:
+    return step(grads, state, mode, backend, rule=rule)[0]
+
+
+_eager_step = torch.compiler.disable(_eager_gan_)
 
 
 def step(
-    grads: Sequence[Tensor], state: GANState | None, mode: str, backend: str, held: plans.Plan | None = None
+    grads: Sequence[Tensor],
+    state: GANState | None,
+    mode: str,
+    backend: str,
+    held: plans.Plan | None = None,
+    rule: Rule | None = None,
 ) -> tuple[GANStats, plans.Plan | None]:
     """One eager step, and the plan it ran on (None for empty and DTensor lists).
 
@@ -85,16 +106,18 @@ def step(
             from .distributed import gan_dtensors_
 
             check_backend(backend)
-            return gan_dtensors_(grads, state, check_mode(mode)), None
+            return gan_dtensors_(grads, state, check_mode(mode), check_rule(rule)), None
         grads = check_grads(grads)
         check_mode(mode)
         check_backend(backend)
+        check_rule(rule)
         if not grads:
-            return empty_step(check_state(state)), None
+            return empty_step(check_state(state), rule), None
         plan = plans.build(grads, backend)
     check_mode(mode)
+    check_rule(rule)
     state = check_state(state, plan.device).to_(plan.device)
-    return plan.step(grads, state, mode), plan
+    return plan.step(grads, state, mode, rule), plan
 
 
 @torch.library.custom_op("gan_kernels::gan_step", mutates_args=("grads", "exponent", "step"))

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from .functional import check_backend, step
 from .optim import default_eligible, eligible_gradients
+from .rule import Rule, check_rule
 from .state import GANState, GANStats
 from .validation import check_mode
 
@@ -34,9 +35,11 @@ class Attachment:
         last_stats: the :class:`GANStats` of the last step, ``None`` before the first.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, mode: str, backend: str, eligible: Callable[[Tensor], bool]) -> None:
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, mode: str, backend: str, eligible: Callable[[Tensor], bool], rule: Rule | None
+    ) -> None:
         self.optimizer = optimizer
-        self.mode, self.backend, self.eligible = mode, backend, eligible
+        self.mode, self.backend, self.eligible, self.rule = mode, backend, eligible, rule
         first = next((p for group in optimizer.param_groups for p in group["params"]), None)
         self.gan_state = GANState(device=first.device if first is not None else None)
         self.last_stats: GANStats | None = None
@@ -74,7 +77,7 @@ class Attachment:
         scale = getattr(optimizer, "grad_scale", None)
         if scale is not None and grads:
             torch._foreach_div_(grads, scale)
-        self.last_stats, self._plan = step(grads, self.gan_state, self.mode, self.backend, self._plan)
+        self.last_stats, self._plan = step(grads, self.gan_state, self.mode, self.backend, self._plan, self.rule)
         if scale is not None and grads:
             torch._foreach_mul_(grads, scale)
 
@@ -107,11 +110,12 @@ def attach(
     mode: str = "gan",
     backend: str = "auto",
     eligible: Callable[[Tensor], bool] | None = None,
+    rule: Rule | None = None,
 ) -> Attachment:
     """Apply GAN to ``optimizer``'s eligible gradients at the start of each of its steps.
 
-    The same transform as :class:`~gan_kernels.GAN` (same eligibility rule, modes and backends),
-    for an optimizer you do not create yourself. ``optimizer.state_dict()`` then carries the
+    The same transform as :class:`~gan_kernels.GAN` (same eligibility rule, modes, backends and
+    alpha ``rule``), for an optimizer you do not create yourself. ``optimizer.state_dict()`` then carries the
     :class:`GANState` under ``"gan"`` and ``optimizer.load_state_dict`` restores it.
 
     Returns:
@@ -126,7 +130,9 @@ def attach(
         raise TypeError(f"eligible must be a callable param -> bool, got {type(eligible).__name__}")
     if optimizer in _attached:
         raise RuntimeError(f"GAN is attached to this {type(optimizer).__name__} already; remove() that attachment first")
-    attachment = _attached[optimizer] = Attachment(optimizer, check_mode(mode), check_backend(backend), eligible or default_eligible)
+    attachment = _attached[optimizer] = Attachment(
+        optimizer, check_mode(mode), check_backend(backend), eligible or default_eligible, check_rule(rule)
+    )
     return attachment
 
 

@@ -15,6 +15,7 @@ from torch.optim.adamw import adamw
 from . import plan as plans
 from .functional import check_backend, gan_, step
 from .plan import Plan
+from .rule import Rule, check_rule
 from .state import GANState, GANStats
 from .validation import check_mode
 
@@ -56,6 +57,8 @@ class GAN(torch.optim.Optimizer):
         eligible: ``eligible(param) -> bool`` chooses the parameters whose gradients are
             transformed; by default those whose gradient exists, is dense, and whose ``ndim > 1``.
             Parameters without a gradient are always skipped.
+        rule: the alpha rule ``rule(sigma, exponent) -> (alpha, exponent)``; None for the built-in
+            one (see :func:`gan_kernels.gan_`).
 
     Attributes:
         gan_state: the :class:`GANState` carried between steps.
@@ -69,6 +72,7 @@ class GAN(torch.optim.Optimizer):
         mode: str = "gan",
         backend: str = "auto",
         eligible: Callable[[Tensor], bool] | None = None,
+        rule: Rule | None = None,
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"GAN wraps a torch.optim.Optimizer, got {type(optimizer).__name__}")
@@ -78,6 +82,7 @@ class GAN(torch.optim.Optimizer):
         self.mode = check_mode(mode)
         self.backend = check_backend(backend)
         self.eligible = eligible or default_eligible
+        self.rule = check_rule(rule)
         params = [p for group in optimizer.param_groups for p in group["params"]]
         # On the parameters' device from the start, so that a compiled first step finds it there.
         self.gan_state = GANState(device=params[0].device if params else None)
@@ -136,11 +141,11 @@ class GAN(torch.optim.Optimizer):
                 loss = closure()
         grads = self.eligible_grads()
         if torch.compiler.is_compiling():
-            self._last["stats"] = gan_(grads, self.gan_state, mode=self.mode, backend=self.backend)
+            self._last["stats"] = gan_(grads, self.gan_state, mode=self.mode, backend=self.backend, rule=self.rule)
         else:
             # The plan of the last step is tried first, and held: its tables and scratch live as
             # long as this optimizer, whatever else goes through the plan cache.
-            self._last["stats"], self._plan = step(grads, self.gan_state, self.mode, self.backend, self._plan)
+            self._last["stats"], self._plan = step(grads, self.gan_state, self.mode, self.backend, self._plan, self.rule)
         self.optimizer.step()
         return loss
 
@@ -167,8 +172,9 @@ class GAN(torch.optim.Optimizer):
 
     def __repr__(self) -> str:
         eligible = "default" if self.eligible is default_eligible else repr(self.eligible)
+        rule = "" if self.rule is None else f", rule={self.rule!r}"
         inner = "\n".join("    " + line for line in repr(self.optimizer).splitlines())
-        return f"GAN(mode={self.mode!r}, backend={self.backend!r}, eligible={eligible},\n{inner}\n)"
+        return f"GAN(mode={self.mode!r}, backend={self.backend!r}, eligible={eligible}{rule},\n{inner}\n)"
 
 
 class GANAdamW(torch.optim.AdamW):
@@ -177,7 +183,7 @@ class GANAdamW(torch.optim.AdamW):
     the fly) and never written: after ``step``, ``p.grad`` still holds the raw gradient.
 
     Arguments are torch's AdamW's (``lr`` may be a tensor, for CUDA graphs), plus ``mode``,
-    ``eligible`` and ``backend`` as for :class:`GAN`. Parameter groups, LR schedulers,
+    ``eligible``, ``backend`` and ``rule`` as for :class:`GAN`. Parameter groups, LR schedulers,
     ``zero_grad`` and ``torch.amp.GradScaler`` (unscaling before the step) work as with AdamW.
     The state is torch's AdamW's (``step`` as a float32 tensor on the parameter's device,
     ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` with amsgrad; in the parameter's dtype) and
@@ -206,12 +212,14 @@ class GANAdamW(torch.optim.AdamW):
         mode: str = "gan",
         eligible: Callable[[Tensor], bool] | None = None,
         backend: str = "auto",
+        rule: Rule | None = None,
     ) -> None:
         if eligible is not None and not callable(eligible):
             raise TypeError(f"eligible must be a callable param -> bool, got {type(eligible).__name__}")
         self.mode = check_mode(mode)
         self.backend = check_backend(backend)
         self.eligible = eligible or default_eligible
+        self.rule = check_rule(rule)
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize)
         first = next((p for group in self.param_groups for p in group["params"]), None)
         self.gan_state = GANState(device=first.device if first is not None else None)
@@ -260,7 +268,8 @@ class GANAdamW(torch.optim.AdamW):
         if plan is None:
             self._last["stats"] = self._fallback_step(params, grads, states, eligible, groups)
         else:
-            self._last["stats"] = plan.step(self.gan_state.to_(plan.device), self.mode, *self._hyper())
+            steps = [s["step"] for s in states] if self.rule is not None else None
+            self._last["stats"] = plan.step(self.gan_state.to_(plan.device), self.mode, *self._hyper(), self.rule, steps)
         return loss
 
     def _state(self, p: Tensor, group: dict) -> dict:
@@ -321,7 +330,7 @@ class GANAdamW(torch.optim.AdamW):
             self._scratch = [g.clone(memory_format=torch.preserve_format) for g in chosen]
         elif chosen:
             torch._foreach_copy_(self._scratch, chosen)
-        stats = gan_(self._scratch, self.gan_state, mode=self.mode, backend=self.backend)
+        stats = gan_(self._scratch, self.gan_state, mode=self.mode, backend=self.backend, rule=self.rule)
         transformed = iter(self._scratch)
         inputs = [next(transformed) if slot >= 0 else g for g, slot in zip(grads, eligible)]
         fused = all(_fused_adamw_supported(p) for p in params)
@@ -364,7 +373,8 @@ class GANAdamW(torch.optim.AdamW):
 
     def __repr__(self) -> str:
         eligible = "default" if self.eligible is default_eligible else repr(self.eligible)
-        return f"GANAdamW(mode={self.mode!r}, backend={self.backend!r}, eligible={eligible}) " + super().__repr__()
+        rule = "" if self.rule is None else f", rule={self.rule!r}"
+        return f"GANAdamW(mode={self.mode!r}, backend={self.backend!r}, eligible={eligible}{rule}) " + super().__repr__()
 
 
 def eligible_gradients(param_groups: list[dict[str, Any]], eligible: Callable[[Tensor], bool]) -> list[Tensor]:

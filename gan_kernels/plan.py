@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .fallback import FallbackPlan
+from .rule import Rule
 from .state import GANState, GANStats
 
 CACHE_SIZE = 8
@@ -67,17 +68,18 @@ class Plan:
         else:
             self.runner = FallbackPlan(grads, self.device)
 
-    def step(self, grads: list[Tensor], state: GANState, mode: str, **options) -> GANStats:
-        """One step on ``grads``, which must match this plan; ``state`` on the plan's device. Mode
-        ``"gc"`` (one mean per row, a baseline) runs on the fallback on every backend."""
+    def step(self, grads: list[Tensor], state: GANState, mode: str, rule: Rule | None = None, **options) -> GANStats:
+        """One step on ``grads``, which must match this plan; ``state`` on the plan's device; ``rule``
+        the alpha rule (None: the built-in one). Mode ``"gc"`` (one mean per row, a baseline) runs
+        on the fallback on every backend."""
         if self.device.type == "cuda" and not self.captured and torch.cuda.is_current_stream_capturing():
             self.captured = True
             _captured.append(self)
         if mode == "gc" and self.uses_triton:
             if self.row_runner is None:
                 self.row_runner = FallbackPlan(grads, self.device)
-            return self.row_runner.step(grads, state, mode)
-        return self.runner.step(grads, state, mode, **options)
+            return self.row_runner.step(grads, state, mode, rule)
+        return self.runner.step(grads, state, mode, rule, **options)
 
 
 _cache: OrderedDict[tuple, Plan] = OrderedDict()

@@ -1,7 +1,8 @@
-"""The reference implementation of GAN (SPEC §1): a plain loop over tensors.
+"""The reference implementation of GAN: a plain loop over tensors.
 
 Readable first: it is the oracle that every fast path is tested against. It evaluates the table of
-SPEC §1.1 literally, one tensor at a time, and may compute everything in float64 on request.
+one step (``docs/method.md``) literally, one tensor at a time, and may compute everything in float64
+on request.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .rule import ZNORM_EPS, autoscale, row_means
+from .rule import ZNORM_EPS, Rule, check_rule, evaluate, row_means
 from .state import GANState, GANStats
 from .validation import check_grads, check_mode, check_state, stats_dtype
 
@@ -24,6 +25,7 @@ def gan_(
     *,
     mode: str = "gan",
     compute_dtype: torch.dtype | None = None,
+    rule: Rule | None = None,
 ) -> GANStats:
     """Transform ``grads`` in place by GAN and return the step's :class:`GANStats`.
 
@@ -39,13 +41,16 @@ def gan_(
         mode: ``"gan"``, ``"center"``, ``"gc"`` or ``"znorm"``.
         compute_dtype: the dtype of every statistic and of the arithmetic on elements; ``None`` means
             float32, or float64 when any tensor is float64. ``torch.float64`` gives the exact
-            evaluation that the tolerances of SPEC §1.1 are measured against.
+            evaluation that the tolerances of ``docs/guarantees.md`` are measured against.
+        rule: the alpha rule ``rule(sigma, exponent) -> (alpha, exponent)``; None for the built-in
+            :func:`gan_kernels.rule.autoscale`.
 
     Returns:
         :class:`GANStats` on the gradients' device.
     """
     grads = check_grads(grads)
     mode = check_mode(mode)
+    check_rule(rule)
     state = check_state(state, grads[0].device if grads else None)
     device = grads[0].device if grads else state.device
     state.to_(device)
@@ -67,7 +72,7 @@ def gan_(
     sigma = torch.sqrt(total_m2 / (count - 1)) if count > 1 else torch.zeros_like(total_m2)
     nonfinite = not math.isfinite(sigma.item()) or not all(math.isfinite(m.item()) for m in means)
 
-    alpha, exponent = autoscale(sigma, state.exponent)
+    alpha, exponent = evaluate(rule, sigma, state.exponent)
     if not nonfinite:
         state.exponent.copy_(exponent)
         state.step.add_(1)

@@ -1,4 +1,4 @@
-"""Shared test helpers: random gradient lists and the SPEC §1.1 comparisons against float64."""
+"""Shared test helpers: random gradient lists and the comparisons against float64 of docs/guarantees.md."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import Tensor
 
 from gan_kernels import GANState, GANStats, reference
 
-# SPEC §1.1: ||out - ref|| / ||ref|| against a float64 evaluation on the same inputs.
+# docs/guarantees.md: ||out - ref|| / ||ref|| against a float64 evaluation on the same inputs.
 OUTPUT_RTOL = {
     torch.float32: 1e-5,
     torch.float16: 1e-3,
@@ -30,11 +30,11 @@ def clone_all(tensors: list[Tensor]) -> list[Tensor]:
     return [t.clone(memory_format=torch.preserve_format) for t in tensors]
 
 
-def exact_evaluation(grads: list[Tensor], state: GANState | None = None, mode: str = "gan"):
-    """The float64 evaluation of SPEC §1.1 on the same inputs: (outputs, stats)."""
+def exact_evaluation(grads: list[Tensor], state: GANState | None = None, mode: str = "gan", rule=None):
+    """The float64 evaluation of one step (docs/method.md) on the same inputs: (outputs, stats)."""
     wide = [g.detach().to(torch.float64, copy=True) for g in grads]
     state = GANState() if state is None else state
-    stats = reference.gan_(wide, state, mode=mode, compute_dtype=torch.float64)
+    stats = reference.gan_(wide, state, mode=mode, compute_dtype=torch.float64, rule=rule)
     return wide, stats
 
 
@@ -44,7 +44,7 @@ def arithmetic_eps(dtype: torch.dtype) -> float:
 
 
 def offset_allowance(inputs: list[Tensor], i: int) -> float:
-    """SPEC §1.1: with a large common offset, an extra error of order eps * |mean| / std is
+    """docs/guarantees.md: with a large common offset, an extra error of order eps * |mean| / std is
     inherent, eps being that of the arithmetic (float32 for float16/bfloat16 gradients)."""
     x = inputs[i].detach().to(torch.float64)
     if x.numel() < 2:
@@ -157,13 +157,14 @@ def refill(grads: list[Tensor], originals: list[Tensor], step: int) -> None:
 
 
 def check_steps_against_exact(
-    run, grads: list[Tensor], mode: str = "gan", steps: int = 1, rounding: str = "nearest"
+    run, grads: list[Tensor], mode: str = "gan", steps: int = 1, rounding: str = "nearest", rule=None
 ) -> None:
     """Run ``steps`` steps of ``run(grads, state, mode) -> GANStats`` and of the float64 evaluation
     on the same inputs, and compare outputs, stats and state after each. Every step after the first
     writes different values into the same buffers (:func:`refill`): sigma moves, so alpha differs
     from the first step's and the stored exponent is exercised. ``rounding`` is how bfloat16
-    outputs are expected to be rounded (see :func:`assert_rounded_once`)."""
+    outputs are expected to be rounded (see :func:`assert_rounded_once`); ``rule`` the alpha rule of
+    the float64 evaluation (None: the built-in one)."""
     state = GANState(device=grads[0].device if grads else None)
     exact_state = GANState(device=state.device)
     originals = clone_all(grads)
@@ -171,7 +172,7 @@ def check_steps_against_exact(
         if step:
             refill(grads, originals, step)
         inputs = clone_all(grads)
-        expected, expected_stats = exact_evaluation(grads, exact_state, mode)
+        expected, expected_stats = exact_evaluation(grads, exact_state, mode, rule)
         stats = run(grads, state, mode)
         assert_stats_close(stats, expected_stats, inputs)
         assert_outputs_close(grads, expected, inputs, rounding)

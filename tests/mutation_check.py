@@ -279,6 +279,34 @@ MUTANTS = [
         "grad is not None and grad.ndim > 1",
         ("tests/test_optim.py", "-k", "sparse"),
     ),
+    Mutant(
+        "a rule of one's own ignored by the kernels (the built-in one runs instead)",
+        "gan_kernels/kernels/launch.py",
+        "        builtin = rule is None\n",
+        "        builtin, rule = True, None\n",
+        ("tests/test_rule.py", "-k", "same_result_on_every_backend"),
+    ),
+    Mutant(
+        "a rule's exponent stored on a non-finite step",
+        "gan_kernels/rule.py",
+        "    state.exponent.copy_(torch.where(nonfinite, state.exponent, exponent))",
+        "    state.exponent.copy_(exponent)",
+        ("tests/test_rule.py", "-k", "finite_steps_only"),
+    ),
+    Mutant(
+        "fused AdamW with a rule of one's own: parameter steps not advanced",
+        "gan_kernels/kernels/fused.py",
+        "            torch._foreach_add_(steps, (~stats.nonfinite).to(torch.float32))",
+        "            pass",
+        ("tests/test_rule.py", "-k", "entry_point"),
+    ),
+    Mutant(
+        "attach: the rule not passed on",
+        "gan_kernels/hooks.py",
+        "step(grads, self.gan_state, self.mode, self.backend, self._plan, self.rule)",
+        "step(grads, self.gan_state, self.mode, self.backend, self._plan)",
+        ("tests/test_rule.py", "-k", "entry_point"),
+    ),
 ]
 
 

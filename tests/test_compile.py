@@ -97,3 +97,24 @@ def test_state_on_another_device_under_compile_is_named():
     compiled = torch.compile(lambda g, s: gan_(g, s).alpha, fullgraph=True)
     with pytest.raises(Exception, match="GANState\\(device='cuda:0'\\)"):
         compiled([g.cuda() for g in grads()], GANState())
+
+
+def halving_rule(sigma, exponent):
+    return torch.where(sigma > 0, sigma.clamp(max=1.0).sqrt(), torch.ones_like(sigma)) / 2, exponent
+
+
+def test_a_rule_of_ones_own_runs_eagerly_inside_a_compiled_function():
+    """A Python rule cannot enter the compiled operator: the step runs eagerly there, with the same
+    results as an eager call."""
+
+    def run(g, state):
+        return gan_(g, state, backend="torch", rule=halving_rule).alpha * 2
+
+    compiled = torch.compile(run, backend="aot_eager")
+    ours, theirs = grads(), grads()
+    state, eager_state = GANState(), GANState()
+    for _ in range(2):
+        torch.testing.assert_close(compiled(ours, state), run(theirs, eager_state))
+        for a, b in zip(ours, theirs):
+            assert torch.equal(a, b)
+    assert state.step.item() == 2

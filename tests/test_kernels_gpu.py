@@ -178,7 +178,7 @@ def test_direct_launches_match_tritons_own_launch():
         for g, t, f in zip(grads, twin, fresh):
             g.copy_(f)
             t.copy_(f)
-    (stats_sites, finalize_site), = held.runner.sites["stats", "single_read", "gan", False]
+    (stats_sites, finalize_site), = held.runner.sites["stats", "single_read", "gan", False, True]
     apply_sites = held.runner.sites["apply", "gan"]
     assert all(site.compiled is not None for site in [*stats_sites, finalize_site, *apply_sites])
 

@@ -28,27 +28,36 @@ except ImportError as error:  # pragma: no cover - exercised without the library
     raise ImportError("gan_kernels.integrations.lightning needs Lightning: pip install 'gan-kernels[lightning]'") from error
 
 from ..hooks import Attachment, attach, innermost
+from ..rule import Rule
 
 
 class GANCallback(Callback):
     """Apply GAN to every optimizer of a Lightning run (see the module's documentation).
 
     Args:
-        mode, backend, eligible: as for :class:`gan_kernels.GAN`.
+        mode, backend, eligible, rule: as for :class:`gan_kernels.GAN`.
 
     Attributes:
         attachments: one :class:`gan_kernels.hooks.Attachment` per optimizer while training runs
             (their ``gan_state`` and ``last_stats``), in the order of ``trainer.optimizers``.
     """
 
-    def __init__(self, mode: str = "gan", backend: str = "auto", eligible: Callable[[Tensor], bool] | None = None) -> None:
-        self.mode, self.backend, self.eligible = mode, backend, eligible
+    def __init__(
+        self,
+        mode: str = "gan",
+        backend: str = "auto",
+        eligible: Callable[[Tensor], bool] | None = None,
+        rule: Rule | None = None,
+    ) -> None:
+        self.mode, self.backend, self.eligible, self.rule = mode, backend, eligible, rule
         self.attachments: list[Attachment] = []
         self.saved: list[dict] = []  # GANStates restored from a checkpoint, for optimizers not yet seen
 
     def on_train_start(self, trainer, pl_module) -> None:
         for i, optimizer in enumerate(trainer.optimizers):
-            attachment = attach(innermost(optimizer), mode=self.mode, backend=self.backend, eligible=self.eligible)
+            attachment = attach(
+                innermost(optimizer), mode=self.mode, backend=self.backend, eligible=self.eligible, rule=self.rule
+            )
             if i < len(self.saved):
                 attachment.gan_state.load_state_dict(self.saved[i])
             self.attachments.append(attachment)

@@ -29,21 +29,28 @@ except ImportError as error:  # pragma: no cover - exercised without the library
     ) from error
 
 from ..hooks import Attachment, attach, innermost
+from ..rule import Rule
 
 
 class GANCallback(TrainerCallback, ExportableState):
     """Apply GAN to the ``Trainer``'s optimizer (see the module's documentation).
 
     Args:
-        mode, backend, eligible: as for :class:`gan_kernels.GAN`.
+        mode, backend, eligible, rule: as for :class:`gan_kernels.GAN`.
 
     Attributes:
         attachment: the :class:`gan_kernels.hooks.Attachment` while training runs (its
             ``gan_state`` and ``last_stats``), else None.
     """
 
-    def __init__(self, mode: str = "gan", backend: str = "auto", eligible: Callable[[Tensor], bool] | None = None) -> None:
-        self.mode, self.backend, self.eligible = mode, backend, eligible
+    def __init__(
+        self,
+        mode: str = "gan",
+        backend: str = "auto",
+        eligible: Callable[[Tensor], bool] | None = None,
+        rule: Rule | None = None,
+    ) -> None:
+        self.mode, self.backend, self.eligible, self.rule = mode, backend, eligible, rule
         self.attachment: Attachment | None = None
         self.gan_state: dict | None = None  # the state saved in the Trainer's, for a resumed run
 
@@ -55,7 +62,7 @@ class GANCallback(TrainerCallback, ExportableState):
             self.attachment.remove()
             self.attachment = None
         if self.attachment is None:
-            self.attachment = attach(inner, mode=self.mode, backend=self.backend, eligible=self.eligible)
+            self.attachment = attach(inner, mode=self.mode, backend=self.backend, eligible=self.eligible, rule=self.rule)
         saved = state.stateful_callbacks.get(type(self).__name__)
         saved = saved[0] if isinstance(saved, list) else saved
         values = (saved or {}).get("attributes", {}).get("gan_state") or self.gan_state

@@ -73,12 +73,13 @@ def variants():
             yield (f"adamw[{mode_name},{dtype}]", update.adamw_update_kernel,
                    signature(update.adamw_update_kernel, update_types),
                    {"MODE": mode, "DTYPE": dtype, "BLOCK": update_tile_elements(torch_dtype)}, NUM_WARPS)
-    for phase_name, phase in FINALIZE_PHASES.items():
-        yield (f"finalize[{phase_name}]", finalize.finalize_kernel,
-               signature(finalize.finalize_kernel, finalize_types),
-               {"PHASE": phase.value, "GAN_MODE": True, "CHUNK": FINALIZE_CHUNK, "PARAM_STEPS": False}, FINALIZE_WARPS)
-    yield ("finalize[chan,param_steps]", finalize.finalize_kernel, signature(finalize.finalize_kernel, finalize_types),
-           {"PHASE": finalize.CHAN.value, "GAN_MODE": True, "CHUNK": FINALIZE_CHUNK, "PARAM_STEPS": True}, FINALIZE_WARPS)
+    finalize_signature = signature(finalize.finalize_kernel, finalize_types)
+    variants = [(name, phase, False, True) for name, phase in FINALIZE_PHASES.items()]
+    variants += [("chan,param_steps", finalize.CHAN, True, True), ("chan,own_rule", finalize.CHAN, False, False)]
+    for name, phase, param_steps, builtin_rule in variants:
+        yield (f"finalize[{name}]", finalize.finalize_kernel, finalize_signature,
+               {"PHASE": phase.value, "GAN_MODE": True, "CHUNK": FINALIZE_CHUNK, "PARAM_STEPS": param_steps,
+                "BUILTIN_RULE": builtin_rule}, FINALIZE_WARPS)
 
 
 def cuobjdump() -> str:

@@ -4,10 +4,16 @@ state update, in one launch and without leaving the device.
 One program per tensor combines that tensor's tile partials with block-wide sums in a fixed order
 (mean = sum(n_t * mean_t) / n; M2 = sum(M2_t) + sum(n_t * (mean_t - mean)^2)). The last program to
 arrive (an atomic ticket, released after each program's results are stored) then sums the
-per-tensor M2 in index order, computes sigma and the non-finite flag, applies the autoscale rule
-and updates the state (and, for the fused optimizer, every parameter's step); it also resets the
-ticket counter, so consecutive steps (and CUDA graph replays) need no reset launch. Every sum runs
-in a fixed order, so results are bitwise repeatable.
+per-tensor M2 in index order, computes sigma and the non-finite flag, applies the built-in autoscale
+rule and updates the state (and, for the fused optimizer, every parameter's step); it also resets
+the ticket counter, so consecutive steps (and CUDA graph replays) need no reset launch. Every sum
+runs in a fixed order, so results are bitwise repeatable.
+
+With a rule of the user's (``BUILTIN_RULE`` false) the finalize stores sigma, the flag and alpha = 1
+and leaves the state alone: the host side then evaluates the rule with torch operations on the
+device and commits the state (:func:`gan_kernels.rule.advance`).
+
+The acquire/release atomic needs compute capability 7.0 or newer.
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ def finalize_kernel(
     GAN_MODE: tl.constexpr,
     CHUNK: tl.constexpr,
     PARAM_STEPS: tl.constexpr,
+    BUILTIN_RULE: tl.constexpr,
 ):
     i = tl.program_id(0)
     n = tl.load(numels + i)
@@ -107,16 +114,19 @@ def finalize_kernel(
             denominator = tl.maximum(total_elements - 1, 1).to(tl.float32)
             sigma = tl.where(total_elements > 1, tl.sqrt(tl.sum(total, axis=0) / denominator), 0.0)
             flag = (tl.max(bad, axis=0) != 0) | ~isfinite(sigma)
-            old_exponent = tl.load(exponent)
-            scale, new_exponent = autoscale(sigma, old_exponent)
             tl.store(global_std, sigma)
-            if GAN_MODE:
-                tl.store(alpha, scale)
+            tl.store(nonfinite, flag)
+            if BUILTIN_RULE:
+                old_exponent = tl.load(exponent)
+                scale, new_exponent = autoscale(sigma, old_exponent)
+                if GAN_MODE:
+                    tl.store(alpha, scale)
+                else:
+                    tl.store(alpha, 1.0)
+                tl.store(exponent, tl.where(flag, old_exponent, new_exponent))
+                tl.store(step, tl.load(step) + tl.where(flag, 0, 1).to(tl.int64))
             else:
                 tl.store(alpha, 1.0)
-            tl.store(nonfinite, flag)
-            tl.store(exponent, tl.where(flag, old_exponent, new_exponent))
-            tl.store(step, tl.load(step) + tl.where(flag, 0, 1).to(tl.int64))
             if PARAM_STEPS:
                 # The fused optimizer's per-parameter steps (float32 scalars, through a pointer
                 # table) advance here, once the flag is known, before its update launch reads them.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..rule import Rule
 from ..state import GANState, GANStats
 from . import apply, update
 from .launch import NUM_WARPS, TRITON_DTYPES, KernelPlan, LaunchSite, is_direct
@@ -56,19 +57,29 @@ class AdamWPlan:
         self.captured_buffers: list[Tensor] = []  # pinned sources of copies a captured graph replays
         self.sites: dict[str, list[LaunchSite]] = {}
 
-    def step(self, state: GANState, mode: str, hyper: list[tuple], tensors: list[tuple[int, int, Tensor]]) -> GANStats:
+    def step(
+        self, state: GANState, mode: str, hyper: list[tuple], tensors: list[tuple[int, int, Tensor]],
+        rule: Rule | None = None, steps: list[Tensor] | None = None,
+    ) -> GANStats:
         """One fused step. ``hyper``: per parameter group (lr, beta1, beta2, eps, weight_decay,
         flags) as floats, 0 where the value is a tensor; ``tensors``: (group, column, tensor) for
         those, copied on the device at every step (so that a captured graph reads their current
-        value)."""
+        value). ``rule``: the alpha rule, None for the built-in one; with another rule, ``steps``
+        are the parameters' step counters (in the plan's order), advanced here on a finite step
+        once the rule has run (the built-in rule's finalize advances them itself)."""
         if self.device.type == "cuda" and torch.cuda.current_device() != self.device.index:
             with torch.cuda.device(self.device):
-                return self._step(state, mode, hyper, tensors)
-        return self._step(state, mode, hyper, tensors)
+                return self._step(state, mode, hyper, tensors, rule, steps)
+        return self._step(state, mode, hyper, tensors, rule, steps)
 
-    def _step(self, state: GANState, mode: str, hyper: list[tuple], tensors: list[tuple[int, int, Tensor]]) -> GANStats:
+    def _step(self, state: GANState, mode: str, hyper: list[tuple], tensors: list[tuple[int, int, Tensor]],
+              rule: Rule | None, steps: list[Tensor] | None) -> GANStats:
         self._set_hyper(tuple(hyper), tensors)
-        stats, stream = self.statistics.statistics(state, mode, param_steps=(self.layout.steps, self.layout.num_params))
+        if rule is None:
+            stats, stream = self.statistics.statistics(state, mode, param_steps=(self.layout.steps, self.layout.num_params))
+        else:
+            stats, stream = self.statistics.statistics(state, mode, rule=rule)
+            torch._foreach_add_(steps, (~stats.nonfinite).to(torch.float32))
         for group, site in zip(self.groups, self._sites(mode)):
             site.launch(group.tables + (self.hyper, stats.means, stats.stds, stats.alpha, stats.nonfinite), stream)
         return stats

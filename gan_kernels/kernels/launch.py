@@ -24,6 +24,7 @@ import triton.language as tl
 from torch import Tensor
 from triton import knobs
 
+from ..rule import Rule, advance
 from ..state import GANState, GANStats
 from . import apply, finalize, stats
 from .layout import build_layout
@@ -134,22 +135,24 @@ class KernelPlan:
                               layout.tensor_m2, layout.num_tensors, layout.total_elements)
         self.sites: dict[tuple, list] = {}
 
-    def step(self, grads: list[Tensor], state: GANState, mode: str, stats_form: str = "single_read") -> GANStats:
+    def step(
+        self, grads: list[Tensor], state: GANState, mode: str, rule: Rule | None = None, stats_form: str = "single_read"
+    ) -> GANStats:
         """One GAN step in place on ``grads`` (the list this plan was built for), ``state`` on the
-        plan's device. ``stats_form``: ``"single_read"`` (one read for the statistics) or
-        ``"two_pass"``."""
+        plan's device, ``rule`` the alpha rule (None: the built-in one, fused in the finalize).
+        ``stats_form``: ``"single_read"`` (one read for the statistics) or ``"two_pass"``."""
         if stats_form not in STATS_FORMS:
             raise ValueError(f"unknown stats_form {stats_form!r}; available: {', '.join(STATS_FORMS)}")
         if self.device.type == "cuda" and torch.cuda.current_device() != self.device.index:
             with torch.cuda.device(self.device):
-                return self._step(grads, state, mode, stats_form)
-        return self._step(grads, state, mode, stats_form)
+                return self._step(grads, state, mode, rule, stats_form)
+        return self._step(grads, state, mode, rule, stats_form)
 
-    def _step(self, grads: list[Tensor], state: GANState, mode: str, stats_form: str) -> GANStats:
+    def _step(self, grads: list[Tensor], state: GANState, mode: str, rule: Rule | None, stats_form: str) -> GANStats:
         if self.staged:
             with torch.no_grad():
                 torch._foreach_copy_(self.buffers, [grads[i] for i in self.staged])
-        stats, stream = self.statistics(state, mode, stats_form)
+        stats, stream = self.statistics(state, mode, stats_form, rule=rule)
         for tables, site in zip(self.group_tables, self._apply_sites(mode)):
             site.launch(tables + (stats.means, stats.stds, stats.alpha, stats.nonfinite), stream)
         if self.staged:
@@ -158,12 +161,19 @@ class KernelPlan:
         return stats
 
     def statistics(
-        self, state: GANState, mode: str, stats_form: str = "single_read", param_steps: tuple[Tensor, int] | None = None
+        self,
+        state: GANState,
+        mode: str,
+        stats_form: str = "single_read",
+        param_steps: tuple[Tensor, int] | None = None,
+        rule: Rule | None = None,
     ) -> tuple[GANStats, int | None]:
         """Launch the statistics and finalize kernels on the plan's tensors (staged ones already
         copied in): the step's stats, freshly allocated, and the stream for direct launches (see
         :meth:`_stream`). ``param_steps``: a table of pointers to float32 step counters and their
-        number, which the finalize advances on a finite step (the fused optimizer's)."""
+        number, which the finalize advances on a finite step (the fused optimizer's; only with the
+        built-in rule). ``rule``: None for the built-in rule, fused in the finalize; another rule
+        is evaluated after it with torch operations on the device, which also commit the state."""
         k, vector = self.num_tensors, self.vector
         means, stds, global_std, alpha = vector.new_empty(k), vector.new_empty(k), vector.new_empty(()), vector.new_empty(())
         nonfinite = self.flag.new_empty(())
@@ -172,10 +182,17 @@ class KernelPlan:
         steps_table, num_params = param_steps if param_steps is not None else (layout.numels, 0)
         finalize_args = self.finalize_head + (means, stds, global_std, alpha, nonfinite, state.exponent, state.step,
                                               layout.arrivals, steps_table, num_params)
-        for stats_sites, finalize_site in self._phases(stats_form, mode, param_steps is not None):
+        builtin = rule is None
+        if param_steps is not None and not builtin:
+            raise ValueError("the finalize advances the parameters' steps only with the built-in rule")
+        for stats_sites, finalize_site in self._phases(stats_form, mode, param_steps is not None, builtin):
             for tables, tail, site in zip(self.group_tables, self.stats_tails, stats_sites):
                 site.launch(tables + (means,) + tail, stream)
             finalize_site.launch(finalize_args, stream)
+        if not builtin:
+            chosen = advance(rule, global_std, nonfinite, state)
+            if mode == "gan":
+                alpha.copy_(chosen)
         return GANStats(alpha, global_std, means, stds, nonfinite), stream
 
     def _stream(self, *tensors: Tensor) -> int | None:
@@ -185,10 +202,10 @@ class KernelPlan:
             return None
         return torch._C._cuda_getCurrentRawStream(self.device.index)
 
-    def _phases(self, stats_form: str, mode: str, param_steps: bool) -> list:
+    def _phases(self, stats_form: str, mode: str, param_steps: bool, builtin_rule: bool) -> list:
         """The launch sites of the statistics: per phase, one statistics site per dtype group and
         the finalize site. Made on first use of each form, mode and kind of finalize."""
-        key = ("stats", stats_form, mode, param_steps)
+        key = ("stats", stats_form, mode, param_steps, builtin_rule)
         phases = self.sites.get(key)
         if phases is None:
             forms = [(stats.SINGLE_READ, finalize.CHAN)] if stats_form == "single_read" else [
@@ -197,7 +214,8 @@ class KernelPlan:
                 ([LaunchSite(stats.tile_stats_kernel, g.num_tiles, FORM=form.value, DTYPE=TRITON_DTYPES[g.dtype],
                              BLOCK=g.tile, num_warps=NUM_WARPS) for g in self.groups],
                  LaunchSite(finalize.finalize_kernel, self.layout.num_tensors, PHASE=phase.value, GAN_MODE=mode == "gan",
-                            CHUNK=FINALIZE_CHUNK, PARAM_STEPS=param_steps, num_warps=FINALIZE_WARPS))
+                            CHUNK=FINALIZE_CHUNK, PARAM_STEPS=param_steps, BUILTIN_RULE=builtin_rule,
+                            num_warps=FINALIZE_WARPS))
                 for form, phase in forms
             ]
         return phases
