@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -69,8 +70,8 @@ def gan_(
     """
     if torch.compiler.is_compiling():
         if rule is not None:
-            # A Python callable cannot cross the compiled operator: the step runs eagerly instead
-            # (a graph break), the rule included.
+            # A Python callable cannot cross the compiled operator: the step runs eagerly instead,
+            # the rule included (RULE_UNDER_COMPILE).
             return _eager_step(grads, state, mode, backend, check_rule(rule))
         return _traced_gan_(grads, state, mode, backend)
     return _eager_gan_(grads, state, mode, backend, rule)
@@ -82,7 +83,14 @@ def _eager_gan_(
     return step(grads, state, mode, backend, rule=rule)[0]
 
 
-_eager_step = torch.compiler.disable(_eager_gan_)
+RULE_UNDER_COMPILE = (
+    "a rule of one's own is a Python callable, which the compiled operator gan_kernels::gan_step cannot "
+    "take, so the step runs eagerly, outside the graph (rule=None keeps it one operator in the graph)"
+)
+if "reason" in inspect.signature(torch.compiler.disable).parameters:
+    _eager_step = torch.compiler.disable(_eager_gan_, reason=RULE_UNDER_COMPILE)
+else:  # older torch: the same, with dynamo's own message under fullgraph=True
+    _eager_step = torch.compiler.disable(_eager_gan_)
 
 
 def step(

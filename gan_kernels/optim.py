@@ -3,8 +3,9 @@ step of any optimizer, and ``GANAdamW``, AdamW with GAN fused into its update.""
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from operator import attrgetter
 from typing import Any
 
@@ -156,19 +157,23 @@ class GAN(torch.optim.Optimizer):
         self.optimizer.add_param_group(param_group)
 
     def state_dict(self) -> dict[str, Any]:
-        """The wrapped optimizer's state dict, with the GANState under ``"gan"``."""
-        state_dict = self.optimizer.state_dict()
-        state_dict["gan"] = self.gan_state.state_dict()
-        return state_dict
+        """The wrapped optimizer's state dict, with the GANState under ``"gan"``. State-dict hooks
+        registered on this optimizer run as on any other (the post hooks see ``"gan"``)."""
+        return hooked_state_dict(self, lambda: {**self.optimizer.state_dict(), "gan": self.gan_state.state_dict()})
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a dict from :meth:`state_dict`; a plain optimizer's state dict (no ``"gan"`` key)
-        loads too and leaves the GANState as it is."""
-        state_dict = dict(state_dict)
-        gan_state = state_dict.pop("gan", None)
-        self.optimizer.load_state_dict(state_dict)
-        if gan_state is not None:
-            self.gan_state.load_state_dict(gan_state)
+        loads too and leaves the GANState as it is. Load hooks registered on this optimizer run as
+        on any other (the pre hooks see ``"gan"``)."""
+
+        def load(state_dict: dict[str, Any]) -> None:
+            state_dict = dict(state_dict)
+            gan_state = state_dict.pop("gan", None)
+            self.optimizer.load_state_dict(state_dict)
+            if gan_state is not None:
+                self.gan_state.load_state_dict(gan_state)
+
+        hooked_load_state_dict(self, state_dict, load)
 
     def __repr__(self) -> str:
         eligible = "default" if self.eligible is default_eligible else repr(self.eligible)
@@ -353,28 +358,84 @@ class GANAdamW(torch.optim.AdamW):
         return stats
 
     def state_dict(self) -> dict[str, Any]:
-        """torch's AdamW state dict, with the :class:`GANState` under ``"gan"``."""
-        state_dict = super().state_dict()
-        state_dict["gan"] = self.gan_state.state_dict()
-        return state_dict
+        """torch's AdamW state dict, with the :class:`GANState` under ``"gan"`` (which the
+        state-dict post hooks see)."""
+
+        def make() -> dict[str, Any]:
+            with hooks_suspended(self):
+                state_dict = super(GANAdamW, self).state_dict()
+            state_dict["gan"] = self.gan_state.state_dict()
+            return state_dict
+
+        return hooked_state_dict(self, make)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a dict from :meth:`state_dict`, or one of ``GAN(torch.optim.AdamW(...))`` or of a
-        plain AdamW (which leaves the GANState as it is). Steps move to their parameter's device."""
-        state_dict = dict(state_dict)
-        gan_state = state_dict.pop("gan", None)
-        super().load_state_dict(state_dict)
-        for p, state in self.state.items():
-            if "step" in state:
-                state["step"] = torch.as_tensor(state["step"], dtype=torch.float32).to(p.device)
-        if gan_state is not None:
-            self.gan_state.load_state_dict(gan_state)
-        self._plan_key = None
+        plain AdamW (which leaves the GANState as it is). Steps move to their parameter's device.
+        The load pre hooks see ``"gan"``."""
+
+        def load(state_dict: dict[str, Any]) -> None:
+            state_dict = dict(state_dict)
+            gan_state = state_dict.pop("gan", None)
+            with hooks_suspended(self):
+                super(GANAdamW, self).load_state_dict(state_dict)
+            for p, state in self.state.items():
+                if "step" in state:
+                    state["step"] = torch.as_tensor(state["step"], dtype=torch.float32).to(p.device)
+            if gan_state is not None:
+                self.gan_state.load_state_dict(gan_state)
+            self._plan_key = None
+
+        hooked_load_state_dict(self, state_dict, load)
 
     def __repr__(self) -> str:
         eligible = "default" if self.eligible is default_eligible else repr(self.eligible)
         rule = "" if self.rule is None else f", rule={self.rule!r}"
         return f"GANAdamW(mode={self.mode!r}, backend={self.backend!r}, eligible={eligible}{rule}) " + super().__repr__()
+
+
+def hooked_state_dict(optimizer: torch.optim.Optimizer, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``make()``, the optimizer's whole state dict, between its state-dict hooks, as
+    ``torch.optim.Optimizer.state_dict`` runs them: each pre hook ``hook(optimizer)``, then each
+    post hook ``hook(optimizer, state_dict)``, whose result, when not None, replaces the dict."""
+    for hook in optimizer._optimizer_state_dict_pre_hooks.values():
+        hook(optimizer)
+    state_dict = make()
+    for hook in optimizer._optimizer_state_dict_post_hooks.values():
+        result = hook(optimizer, state_dict)
+        if result is not None:
+            state_dict = result
+    return state_dict
+
+
+def hooked_load_state_dict(
+    optimizer: torch.optim.Optimizer, state_dict: dict[str, Any], load: Callable[[dict[str, Any]], None]
+) -> None:
+    """``load(state_dict)`` between the optimizer's load hooks, as ``torch.optim.Optimizer``
+    runs them: each pre hook ``hook(optimizer, state_dict)``, whose result, when not None,
+    replaces the dict, then each post hook ``hook(optimizer)``."""
+    for hook in optimizer._optimizer_load_state_dict_pre_hooks.values():
+        result = hook(optimizer, state_dict)
+        if result is not None:
+            state_dict = result
+    load(state_dict)
+    for hook in optimizer._optimizer_load_state_dict_post_hooks.values():
+        hook(optimizer)
+
+
+@contextlib.contextmanager
+def hooks_suspended(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """torch's own state-dict methods, called inside, run none of the optimizer's state-dict
+    hooks (the caller runs them around its whole dict)."""
+    names = _HOOK_REGISTRIES[2:]
+    saved = [getattr(optimizer, name) for name in names]
+    for name in names:
+        setattr(optimizer, name, OrderedDict())
+    try:
+        yield
+    finally:
+        for name, hooks in zip(names, saved):
+            setattr(optimizer, name, hooks)
 
 
 def eligible_gradients(param_groups: list[dict[str, Any]], eligible: Callable[[Tensor], bool]) -> list[Tensor]:

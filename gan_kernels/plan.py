@@ -16,6 +16,7 @@ the graph can run). Plans hold no reference to the gradients themselves.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from collections import OrderedDict
@@ -131,15 +132,35 @@ def release_captured_plans() -> int:
     return released
 
 
+# The finalize's acquire/release atomic needs Volta or newer.
+MIN_CAPABILITY = (7, 0)
+
+
 def triton_unavailable(device: torch.device) -> str | None:
-    """Why the Triton kernels cannot run on ``device``, or None when they can."""
+    """Why the Triton kernels cannot run on ``device``, or None when they can: they need Triton and
+    an NVIDIA GPU of compute capability 7.0 or newer (or CPU tensors under TRITON_INTERPRET=1)."""
     if importlib.util.find_spec("triton") is None:
         return "Triton is not installed"
     if device.type == "cuda":
-        return None
+        return _gpu_unsupported(device.index if device.index is not None else torch.cuda.current_device())
     if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
         return None
     return f"the Triton kernels run on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), not on {device.type}"
+
+
+@functools.cache
+def _gpu_unsupported(index: int) -> str | None:
+    """Why the kernels cannot run on CUDA device ``index``, or None; asked once per device."""
+    if torch.version.hip is not None:
+        return "the kernels are built and tested for NVIDIA GPUs, and this PyTorch is a ROCm build"
+    capability = torch.cuda.get_device_capability(index)
+    if capability < MIN_CAPABILITY:
+        return (
+            f"the kernels need an NVIDIA GPU of compute capability {MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]} or newer "
+            f"(their finalize uses acquire/release atomics); cuda:{index} ({torch.cuda.get_device_name(index)}) "
+            f"is {capability[0]}.{capability[1]}"
+        )
+    return None
 
 
 def uses_triton(grads: list[Tensor], backend: str) -> bool:

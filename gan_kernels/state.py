@@ -30,6 +30,13 @@ class GANStats(NamedTuple):
     nonfinite: Tensor
 
 
+def _as_tensor(state_dict: dict[str, Any], key: str) -> Tensor:
+    try:
+        return torch.as_tensor(state_dict[key])
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(f"GANState.load_state_dict: {key!r} must be a number or a 0-d tensor, got {state_dict[key]!r}") from error
+
+
 class GANState:
     """The state GAN keeps between steps, as device tensors so that a step never syncs.
 
@@ -69,16 +76,26 @@ class GANState:
         return {"exponent": self.exponent.clone(), "step": self.step.clone()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load ``exponent`` and ``step`` from :meth:`state_dict`'s output, keeping this device."""
+        """Load ``exponent`` and ``step`` from :meth:`state_dict`'s output (tensors or numbers, on
+        any device) by copying them into this state's own tensors, in place: a CUDA graph captured
+        earlier, a compiled step or a :meth:`wrap` view sees the loaded values. Both are checked
+        before either is written."""
         missing = {"exponent", "step"} - set(state_dict)
         if missing:
             raise KeyError(f"GANState.load_state_dict: missing keys {sorted(missing)}")
-        exponent = torch.as_tensor(state_dict["exponent"], dtype=torch.float64)
-        step = torch.as_tensor(state_dict["step"], dtype=torch.int64)
+        exponent, step = (_as_tensor(state_dict, key) for key in ("exponent", "step"))
         if exponent.ndim != 0 or step.ndim != 0:
             raise ValueError("GANState.load_state_dict: 'exponent' and 'step' must be 0-d")
-        self.exponent = exponent.to(self.device, copy=True)
-        self.step = step.to(self.device, copy=True)
+        if not exponent.is_floating_point() and exponent.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"GANState.load_state_dict: 'exponent' must be a number, got {exponent.dtype}")
+        if step.is_floating_point() or step.is_complex() or step.dtype == torch.bool:
+            raise TypeError(f"GANState.load_state_dict: 'step' must be an integer, got {step.dtype}")
+        self.exponent.copy_(exponent)
+        self.step.copy_(step)
 
     def __repr__(self) -> str:
+        """Values for a state on the CPU; elsewhere only the device (reading a device tensor would
+        synchronise with it)."""
+        if self.exponent.device.type != "cpu" or self.step.device.type != "cpu":
+            return f"GANState(device={self.device})"
         return f"GANState(exponent={self.exponent.item():.6g}, step={int(self.step.item())})"

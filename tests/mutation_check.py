@@ -307,6 +307,34 @@ MUTANTS = [
         "step(grads, self.gan_state, self.mode, self.backend, self._plan)",
         ("tests/test_rule.py", "-k", "entry_point"),
     ),
+    Mutant(
+        "state-dict post hooks registered on GAN never called",
+        "gan_kernels/optim.py",
+        "    for hook in optimizer._optimizer_state_dict_post_hooks.values():",
+        "    for hook in ():",
+        ("tests/test_optim.py", "-k", "hooks_are_honoured"),
+    ),
+    Mutant(
+        "GANState.load_state_dict replaces its tensors instead of copying into them",
+        "gan_kernels/state.py",
+        "        self.exponent.copy_(exponent)",
+        "        self.exponent = exponent.to(self.device, torch.float64)",
+        ("tests/test_state.py",),
+    ),
+    Mutant(
+        "repr(GANState) reads device tensors",
+        "gan_kernels/state.py",
+        '        if self.exponent.device.type != "cpu" or self.step.device.type != "cpu":',
+        "        if False:",
+        ("tests/test_state.py",),
+    ),
+    Mutant(
+        "the kernels chosen on a GPU older than compute capability 7.0",
+        "gan_kernels/plan.py",
+        "    if capability < MIN_CAPABILITY:",
+        "    if False:",
+        ("tests/test_validation.py", "-k", "gpu_is_checked"),
+    ),
 ]
 
 

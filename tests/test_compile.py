@@ -1,5 +1,7 @@
 """torch.compile: gan_ is one custom operator in the graph (no graph breaks), with eager results."""
 
+import inspect
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -118,3 +120,7 @@ def test_a_rule_of_ones_own_runs_eagerly_inside_a_compiled_function():
         for a, b in zip(ours, theirs):
             assert torch.equal(a, b)
     assert state.step.item() == 2
+    if "reason" in inspect.signature(torch.compiler.disable).parameters:
+        torch._dynamo.reset()
+        with pytest.raises(Exception, match="a rule of one's own is a Python callable"):
+            torch.compile(run, backend="aot_eager", fullgraph=True)(grads(), GANState())

@@ -84,6 +84,30 @@ def test_cuda_graph_replay_on_new_gradients():
         assert torch.equal(state.exponent, eager_state.exponent)
 
 
+def test_a_checkpoint_loaded_after_capture_reaches_the_graph():
+    """GANState.load_state_dict copies in place: a graph captured before the load replays with
+    the loaded exponent and step."""
+    grads = cuda_grads(seed=5)
+    state = GANState(device="cuda")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        gan_(clone_all(grads), GANState(device="cuda"), backend="triton")
+        gan_(grads, state, backend="triton")
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = gan_(grads, state, backend="triton")
+    state.load_state_dict({"exponent": 0.5, "step": 40})
+    fresh = cuda_grads(seed=6)
+    for g, f in zip(grads, fresh):
+        g.copy_(f)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert state.exponent.item() == 0.5 and state.step.item() == 41
+    assert captured.alpha.item() == pytest.approx(min(1.0, captured.global_std.item() ** 0.5), rel=1e-6)
+
+
 def test_fallback_on_cuda_has_no_host_sync():
     grads = cuda_grads(seed=4)
     gan_(clone_all(grads), backend="torch")

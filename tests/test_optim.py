@@ -1,4 +1,4 @@
-"""The GAN optimizer wrapper (SPEC §2): same as "reference GAN on eligible grads, then the plain
+"""The GAN optimizer wrapper (docs/api.md): same as "reference GAN on eligible grads, then the plain
 optimizer", and at home with the rest of torch.optim."""
 
 import copy
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from gan_kernels import GAN, GANState, reference
+from gan_kernels import GAN, GANAdamW, GANState, reference
 
 
 def make_model(seed=0):
@@ -194,6 +194,37 @@ def test_plain_optimizer_state_dicts_interoperate():
     assert opt.gan_state.step.item() == 2
     assert torch.equal(opt.gan_state.exponent, kept["exponent"]) and not kept["exponent"].isnan()
     torch.optim.AdamW(model.parameters()).load_state_dict(opt.state_dict())
+
+
+@pytest.mark.parametrize("kind", ["GAN", "GANAdamW"])
+def test_state_dict_hooks_are_honoured(kind):
+    """The four state-dict hooks run, in torch's order and with torch's arguments; they see the
+    whole dict, ``"gan"`` included, and what they return replaces it."""
+    model = make_model()
+    opt = GAN(torch.optim.AdamW(model.parameters())) if kind == "GAN" else GANAdamW(model.parameters())
+    train(model, opt, batches(2))
+    calls = []
+    opt.register_state_dict_pre_hook(lambda o: calls.append(("save-pre", o is opt)))
+
+    def save_post(o, state_dict):
+        calls.append(("save-post", o is opt, "gan" in state_dict))
+        return {**state_dict, "note": "saved"}
+
+    def load_pre(o, state_dict):
+        calls.append(("load-pre", o is opt, state_dict.get("note")))
+        changed = copy.deepcopy({k: v for k, v in state_dict.items() if k != "note"})
+        changed["gan"]["step"] = torch.tensor(41)
+        return changed
+
+    opt.register_state_dict_post_hook(save_post)
+    opt.register_load_state_dict_pre_hook(load_pre)
+    opt.register_load_state_dict_post_hook(lambda o: calls.append(("load-post", o is opt, o.gan_state.step.item())))
+    saved = opt.state_dict()
+    assert saved["note"] == "saved" and "gan" in saved
+    opt.load_state_dict(saved)
+    assert calls == [("save-pre", True), ("save-post", True, True), ("load-pre", True, "saved"), ("load-post", True, 41)]
+    assert opt.gan_state.step.item() == 41
+    train(model, opt, batches(1))  # the loaded state steps on
 
 
 def test_sparse_gradients_are_left_alone():

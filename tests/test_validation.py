@@ -83,6 +83,31 @@ def test_triton_backend_without_triton(monkeypatch):
     assert not stats.nonfinite
 
 
+@pytest.mark.parametrize("capability,hip,reason", [
+    ((6, 1), None, "compute capability 7.0 or newer .*acquire/release atomics.*is 6.1"),
+    ((9, 4), "6.2", "NVIDIA GPUs, and this PyTorch is a ROCm build"),
+    ((7, 0), None, None),
+])
+def test_the_gpu_is_checked_before_the_kernels_are_chosen(monkeypatch, capability, hip, reason):
+    """A GPU the kernels do not support: ``auto`` takes the fallback, ``triton`` says why."""
+    from types import SimpleNamespace
+
+    from gan_kernels import plan as plans
+
+    # The answer is cached per device: ask afresh, for these made-up GPUs only.
+    monkeypatch.setattr(plans, "_gpu_unsupported", plans._gpu_unsupported.__wrapped__)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "a test GPU")
+    monkeypatch.setattr(torch.version, "hip", hip)
+    grad = SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.float32)
+    if reason is None:
+        assert plans.uses_triton([grad], "auto") and plans.uses_triton([grad], "triton")
+        return
+    assert plans.uses_triton([grad], "auto") is False
+    with pytest.raises(ValueError, match=reason):
+        plans.uses_triton([grad], "triton")
+
+
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
 def test_state_must_be_a_gan_state(entry):
     g = torch.randn(3, 3)
