@@ -1,15 +1,20 @@
 """What the benchmark runner and the pytest-benchmark suite share: the implementations, the
-gradients, timing, and the count of kernel launches per step."""
+gradients, the warm-up, timing, the count of kernel launches per step, and the results files."""
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import datetime
+import importlib.metadata
 import importlib.util
+import json
 import logging
 import math
+import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +24,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks.shapes import SETS
+import gan_kernels
 from gan_kernels import GANState, gan_, reference, rule
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -27,14 +33,18 @@ IMPLEMENTATIONS = ("reference", "compiled", "foreach-eager", "torch", "triton")
 Step = Callable[[list[torch.Tensor], GANState], object]
 
 
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
+def cpu_model() -> str:
+    """The CPU's model name (from ``/proc/cpuinfo`` where there is one)."""
     cpuinfo = Path("/proc/cpuinfo")
     models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
               if line.startswith("model name")] if cpuinfo.exists() else []
-    model = models[0] if models else (platform.processor() or platform.machine())
-    return f"{model} ({torch.get_num_threads()} threads)"
+    return models[0] if models else (platform.processor() or platform.machine())
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return f"{cpu_model()} ({torch.get_num_threads()} threads)"
 
 
 def available(implementation: str, device: str) -> bool:
@@ -73,13 +83,45 @@ def make_step(implementation: str) -> Step:
     return lambda grads, state: gan_(grads, state, backend=backend)
 
 
+def random_grads(shapes, dtype: torch.dtype, device: str, seed: int = 0) -> list[torch.Tensor]:
+    """Random gradients with the given shapes: std 1e-2 around a mean of 1e-3."""
+    generator = torch.Generator().manual_seed(seed)
+    return [(torch.randn(shape, generator=generator) * 1e-2 + 1e-3).to(dtype=dtype, device=device) for shape in shapes]
+
+
 def make_grads(set_name: str, dtype: torch.dtype, device: str, seed: int = 0) -> list[torch.Tensor]:
     """Random gradients with the shapes of ``set_name``: std 1e-2 around a mean of 1e-3."""
-    generator = torch.Generator().manual_seed(seed)
-    return [
-        (torch.randn(shape, generator=generator) * 1e-2 + 1e-3).to(dtype=dtype, device=device)
-        for shape in SETS[set_name]()
-    ]
+    return random_grads(SETS[set_name](), dtype, device, seed)
+
+
+def copy_step(copies: list[torch.Tensor], source: list[torch.Tensor]) -> None:
+    """The bandwidth anchor: a plain multi-tensor copy of the gradients."""
+    torch._foreach_copy_(copies, source)
+
+
+# A few conv and linear weights: enough for every implementation's first-call costs, quick to compile.
+WARM_UP_SHAPES = ((16, 3, 3, 3), (32, 16, 3, 3), (64, 64, 3, 3), (100, 64))
+WARM_UP_CALLS = 3
+
+
+def warm_up(device: str, dtype_names: list[str], implementations: list[str], calls: int = WARM_UP_CALLS) -> None:
+    """Run every implementation and the copy ``calls`` times on a small set in each dtype, before
+    anything is timed, so that the costs of a process's first calls (lazy imports, the allocator's
+    growth, ``torch.compile``'s first compilation, Triton's JIT, the start of thread pools) land
+    here and not in the first set measured. Each set is still warmed up again before it is timed."""
+    for dtype_name in dtype_names:
+        source = random_grads(WARM_UP_SHAPES, DTYPES[dtype_name], device)
+        grads = [g.clone() for g in source]
+        copies = [g.clone() for g in source]
+        for name in implementations:
+            step, state = make_step(name), GANState()
+            for _ in range(calls):
+                torch._foreach_copy_(grads, source)
+                step(grads, state)
+        for _ in range(calls):
+            copy_step(copies, source)
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 def elements(set_name: str) -> int:
@@ -225,6 +267,20 @@ def make_optimizer(name: str, params: list[torch.Tensor]) -> torch.optim.Optimiz
     return GANAdamW(params, lr=1e-3)
 
 
+def warm_up_optimizers(device: str, dtype_names: list[str], names: list[str], calls: int = WARM_UP_CALLS) -> None:
+    """:func:`warm_up` for the optimizers: a few steps of each on a small set in each dtype."""
+    for dtype_name in dtype_names:
+        for name in names:
+            params = [torch.nn.Parameter(g) for g in random_grads(WARM_UP_SHAPES, DTYPES[dtype_name], device)]
+            for p in params:
+                p.grad = torch.full_like(p, 1e-3)
+            optimizer = make_optimizer(name, params)
+            for _ in range(calls):
+                optimizer.step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
 def optimizer_rows(set_name: str, dtype_name: str, device: str, names: list[str], repeats: int) -> list[dict]:
     """One row per optimizer: the median time of a step on parameters with the shapes of
     ``set_name`` (every one eligible), its ratio to AdamW(fused=True) in the same run, the
@@ -257,3 +313,58 @@ def optimizer_rows(set_name: str, dtype_name: str, device: str, names: list[str]
         "model_accesses": OPTIMIZERS[name][1], "model_ratio": OPTIMIZERS[name][1] / OPTIMIZERS["adamw-fused"][1],
         "launches": launches[name],
     } for name, time_s in seconds.items()]
+
+
+# -- results files ------------------------------------------------------------------------------
+
+
+def _triton_version() -> str | None:
+    if "triton" in sys.modules:
+        return getattr(sys.modules["triton"], "__version__", None)
+    for distribution in ("triton", "pytorch-triton"):
+        try:
+            return importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return None
+
+
+def run_meta(device: str, arguments: list[str]) -> dict:
+    """What a results file says about its run: the machine, the versions, when (ISO 8601, UTC) and
+    the command-line arguments. ``cuda``, ``gpu`` and ``compute_capability`` are null off CUDA."""
+    on_cuda = device == "cuda"
+    capability = torch.cuda.get_device_capability() if on_cuda else None
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "arguments": list(arguments),
+        "device": device,
+        "device_name": device_name(device),
+        "cpu": cpu_model(),
+        "cpu_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name() if on_cuda else None,
+        "compute_capability": f"{capability[0]}.{capability[1]}" if capability else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": _triton_version(),
+        "cuda": torch.version.cuda if on_cuda else None,
+        "gan_kernels": gan_kernels.__version__,
+    }
+
+
+def write_results(path: Path, meta: dict, rows: list[dict]) -> None:
+    """A results file: ``{"meta": ..., "rows": [...]}``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+
+
+def load_results(path: Path | str) -> tuple[dict, list[dict]]:
+    """``(meta, rows)`` of a results file. Files written before the runner recorded its run are a
+    bare list of rows: their meta is empty."""
+    document = json.loads(Path(path).read_text())
+    if isinstance(document, list):
+        return {}, document
+    if isinstance(document, dict) and isinstance(document.get("rows"), list):
+        return document.get("meta") or {}, document["rows"]
+    raise ValueError(f"{path}: not a benchmark results file (neither a list of rows nor meta and rows)")

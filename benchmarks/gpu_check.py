@@ -23,9 +23,11 @@ going on to the next when one fails or times out:
 
 Writes ``DIR/results.json`` and ``DIR/results.md`` (both name the card; commit them as
 ``benchmarks/results/<card>-<date>-gpu-check.{json,md}``) and one log per stage, and prints a
-summary table last, with each SPEC target marked met or not. ``--dry-run`` runs every stage on
-the CPU with tiny shapes (the kernels in Triton's interpreter, the sanitizers skipped and said so),
-so that the script is tested on every CI run.
+summary table last, with each of the package's performance targets (``docs/performance.md``)
+marked met or not. ``results.json`` carries a ``meta`` entry like the benchmark runner's results
+files: the machine, the versions, the date and time (ISO 8601, UTC) and the command-line
+arguments. ``--dry-run`` runs every stage on the CPU with tiny shapes (the kernels in Triton's
+interpreter, the sanitizers skipped and said so), so that the script is tested on every CI run.
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ def card_slug(name: str) -> str:
 
 
 class Check:
-    def __init__(self, out: Path, budget: float, dry_run: bool) -> None:
+    def __init__(self, out: Path, budget: float, dry_run: bool, arguments: list[str] | None = None) -> None:
         import torch
 
         self.torch = torch
@@ -120,6 +122,7 @@ class Check:
         self.env = {"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
         if not self.cuda:
             self.env["TRITON_INTERPRET"] = "1"
+        self.meta = _meta(self.device, arguments or [])
 
     def box(self, stage: str) -> float:
         """The stage's share of the budget among the stages that run, at most what is left."""
@@ -235,7 +238,7 @@ class Check:
             statuses.append(result)
             if not path.exists():
                 continue
-            new = json.loads(path.read_text())
+            _, new = load_results(path)
             if arguments is optimizers:
                 optimizer_rows = new
             else:
@@ -250,7 +253,7 @@ class Check:
         sets = ["resnet20", "synthetic_400"] if self.dry_run else []
         command = python(str(ROOT / "benchmarks" / "run.py"), "--host-only", "--device", self.device, "--json", str(path))
         result = run(command + (["--sets", *sets] if sets else []), self.box("host"), self.log("host"), self.env)
-        stage.data = {"rows": json.loads(path.read_text()) if path.exists() else []}
+        stage.data = {"rows": load_results(path)[1] if path.exists() else []}
         stage.status = _status(result, ok=result.returncode == 0)
         stage.note = f"{len(stage.data['rows'])} sets"
 
@@ -298,10 +301,29 @@ class Check:
         everything finished before."""
         env = next((s.data for s in stages if s.name == "env"), {})
         card = env.get("device", "unknown device")
-        document = {"card": card, "date": datetime.date.today().isoformat(), "dry_run": self.dry_run,
+        document = {"meta": self.meta, "card": card, "date": datetime.date.today().isoformat(), "dry_run": self.dry_run,
                     "budget_s": self.budget, "stages": [asdict(s) for s in stages]}
         (self.out / "results.json").write_text(json.dumps(document, indent=2) + "\n")
         (self.out / "results.md").write_text(markdown(document))
+
+
+def _meta(device: str, arguments: list[str]) -> dict:
+    """The run's meta, as the benchmark runner writes it; a failure to gather it is recorded, not raised."""
+    try:
+        from benchmarks.common import run_meta
+
+        return run_meta(device, arguments)
+    except Exception as error:  # noqa: BLE001 - the stages must run even so
+        return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "arguments": list(arguments), "error": f"{type(error).__name__}: {error}"}
+
+
+def load_results(path: Path) -> tuple[dict, list[dict]]:
+    """``(meta, rows)`` of a file the benchmark runner wrote (imported here, not at the top, so
+    that the script's own import stays light)."""
+    from benchmarks.common import load_results as load
+
+    return load(path)
 
 
 def _version(module: str) -> str | None:
@@ -330,7 +352,8 @@ def _junit_counts(report: Path) -> tuple[dict, list[str]]:
 
 
 def targets(rows: list[dict], optimizer_rows: list[dict] = ()) -> list[dict]:
-    """SPEC's performance targets, from the benchmark rows: met, missed, or not measured."""
+    """The package's performance targets (docs/performance.md), from the benchmark rows: met,
+    missed, or not measured."""
 
     def find(set_name, dtype, implementation):
         return next((r for r in rows if (r["set"], r["dtype"], r["implementation"]) == (set_name, dtype, implementation)), None)
@@ -366,6 +389,10 @@ def table(headers: list[str], rows: list[list]) -> str:
 def markdown(document: dict) -> str:
     stages = {s["name"]: s for s in document["stages"]}
     parts = [f"# GPU check: {document['card']}, {document['date']}" + (" (dry run on the CPU)" if document["dry_run"] else "")]
+    meta = document.get("meta") or {}
+    if meta:
+        parts.append(f"Started {meta.get('date')}; gan_kernels {meta.get('gan_kernels', '-')}; "
+                     f"arguments: `{' '.join(meta.get('arguments') or []) or '(none)'}`")
     env = stages.get("env", {}).get("data") or {}
     if env:
         parts.append(table(["field", "value"], [[k, v] for k, v in env.items()]))
@@ -373,7 +400,7 @@ def markdown(document: dict) -> str:
                        [[s["name"], s["status"], f"{s['seconds']:.0f}", s["note"]] for s in document["stages"]]))
     bench = stages.get("bench", {}).get("data") or {}
     if bench.get("targets"):
-        parts.append("## Targets\n\n" + table(["target", "measured", "met"], [
+        parts.append("## Targets (docs/performance.md)\n\n" + table(["target", "measured", "met"], [
             [t["target"], t["value"], {True: "yes", False: "NO", None: "not measured"}[t["met"]]] for t in bench["targets"]]))
     if bench.get("rows"):
         columns = ["set", "dtype", "implementation", "median_ms", "speedup_vs_reference", "effective_gb_s",
@@ -406,7 +433,10 @@ def summary(stages: list[Stage]) -> str:
     lines = [f"{'stage':<10} {'status':<8} {'seconds':>7}  note"]
     lines += [f"{s.name:<10} {s.status:<8} {s.seconds:>7.0f}  {s.note}" for s in stages]
     bench = next((s for s in stages if s.name == "bench"), None)
-    for target in (bench.data.get("targets", []) if bench else []):
+    found = bench.data.get("targets", []) if bench else []
+    if found:
+        lines.append("performance targets (docs/performance.md):")
+    for target in found:
         verdict = {True: "met", False: "MISSED", None: "not measured"}[target["met"]]
         lines.append(f"target  {verdict:<12} {target['value'] or '-':>7}  {target['target']}")
     return "\n".join(lines)
@@ -458,7 +488,7 @@ def main(argv=None) -> int:
         return driver()
     if args.out is None:
         parser.error("--out DIR is required")
-    check = Check(args.out, args.budget, args.dry_run)
+    check = Check(args.out, args.budget, args.dry_run, sys.argv[1:] if argv is None else list(argv))
     stages = check(args.stages)
     print(summary(stages))
     return 0 if all(s.status in ("ok", "skipped") for s in stages) else 1

@@ -9,14 +9,22 @@ the reference, the effective bandwidth under the 3-accesses model (one read for 
 one read and one write to apply: 12 bytes per element in float32, 6 in bfloat16), that bandwidth
 as a fraction of the device's own copy bandwidth measured in the same run on the same tensors, and
 the kernel launches per step. On CUDA times come from CUDA events (``triton.testing.do_bench``,
-median); on a CPU from wall time after warm-up, gradients restored between steps outside the timing.
+median); on a CPU from wall time, gradients restored between steps outside the timing.
+
+Before the first set is timed, every implementation selected and the copy run a few times on a
+small set in each dtype (``torch.compile`` included), so that a process's one-time costs (lazy
+imports, the allocator's growth, the first compilation, Triton's JIT, thread pools starting) stay
+out of the first rows; each set is warmed up again before it is timed.
+
+``--json PATH`` and ``--save`` write ``{"meta": ..., "rows": [...]}``: ``meta`` names the machine
+(device, CPU model, threads, GPU and compute capability, platform), the versions (Python, torch,
+Triton, CUDA, gan_kernels), the date and time (ISO 8601, UTC) and the command-line arguments.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import re
 import sys
@@ -31,24 +39,31 @@ from benchmarks.common import (  # noqa: E402
     DTYPES,
     IMPLEMENTATIONS,
     available,
+    OPTIMIZERS,
+    copy_step,
     cpu_medians,
     cuda_graph_median,
     cuda_median,
     device_name,
     elements,
-    OPTIMIZERS,
     host_times,
     launched_step_us,
     launches_per_step,
-    optimizer_rows,
     make_grads,
     make_step,
+    optimizer_rows,
+    run_meta,
+    warm_up,
+    warm_up_optimizers,
+    write_results,
 )
 from benchmarks.shapes import SETS  # noqa: E402
 from gan_kernels import GANState  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUICK_SETS = ["resnet56", "vgg16_bn"]
+# The set on which --host-only warms up the Triton path's host side before the sets it times.
+HOST_WARM_UP_SET = "resnet20"
 OPTIMIZER_SETS = ["gpt2_small", "resnet56", "vgg16_bn"]
 
 
@@ -71,7 +86,7 @@ def measure(set_name: str, dtype_name: str, device: str, implementations: list[s
         restore()
         launches[name] = launches_per_step(lambda: step(grads, states[name]), device, name)
 
-    candidates = {"copy": lambda: torch._foreach_copy_(copies, source)}
+    candidates = {"copy": lambda: copy_step(copies, source)}
     candidates.update({name: (lambda step=step, state=states[name]: step(grads, state)) for name, step in steps.items()})
     if device == "cuda":
         seconds = {name: cuda_median(fn) for name, fn in candidates.items()}
@@ -138,6 +153,7 @@ def host_only(args) -> list[dict]:
     if args.device == "cpu":
         # On CPU tensors the Triton path runs only under the interpreter; no kernel runs here.
         os.environ.setdefault("TRITON_INTERPRET", "1")
+    host_times(HOST_WARM_UP_SET, args.device, steps=3, cold_steps=2)  # first-call costs, untimed
     rows = []
     for set_name in tqdm(args.sets or list(SETS), desc="host side", unit="set", file=sys.stderr):
         row = host_times(set_name, args.device)
@@ -153,6 +169,7 @@ def host_only(args) -> list[dict]:
 
 def optimizers(args, repeats: int) -> list[dict]:
     """GANAdamW against AdamW(fused=True) and the composition, per set and dtype."""
+    warm_up_optimizers(args.device, args.dtypes, list(OPTIMIZERS))
     rows = []
     combinations = [(s, d) for s in (args.sets or OPTIMIZER_SETS) for d in args.dtypes]
     for set_name, dtype_name in tqdm(combinations, desc="optimizers", unit="set", file=sys.stderr):
@@ -165,10 +182,10 @@ def optimizers(args, repeats: int) -> list[dict]:
 
 
 def write_rows(rows: list[dict], args, suffix: str = "") -> None:
+    """Write ``{"meta": ..., "rows": rows}`` to ``--json`` and, with ``--save``, to the results folder."""
     for path in [args.json, result_path(args.device, suffix) if args.save else None]:
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(rows, indent=2) + "\n")
+            write_results(path, args.meta, rows)
             print(f"wrote {path}")
 
 
@@ -180,16 +197,18 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--implementations", nargs="+", choices=IMPLEMENTATIONS, default=list(IMPLEMENTATIONS))
     parser.add_argument("--quick", action="store_true", help="the two CIFAR-size sets and fewer repeats")
     parser.add_argument("--repeats", type=int, help="timed steps per implementation on a CPU (default 30, 10 with --quick)")
-    parser.add_argument("--json", type=Path, help="write the rows to this JSON file")
-    parser.add_argument("--save", action="store_true", help="write the rows to benchmarks/results/<device>-<date>.json")
+    parser.add_argument("--json", type=Path, help="write the run's meta and rows to this JSON file")
+    parser.add_argument("--save", action="store_true", help="write the run's meta and rows to benchmarks/results/<device>-<date>.json")
     parser.add_argument("--host-only", action="store_true",
                         help="time the host side of a Triton step (kernel launches stubbed), steady and cold")
     parser.add_argument("--optimizers", action="store_true",
                         help="time GANAdamW against AdamW(fused=True) and GAN(AdamW(fused=True)) (default sets: "
                              + " ".join(OPTIMIZER_SETS) + ")")
-    args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(arguments)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
+    args.meta = run_meta(args.device, arguments)
     if args.host_only:
         return host_only(args)
     if args.optimizers:
@@ -200,6 +219,7 @@ def main(argv=None) -> list[dict]:
     if "reference" not in implementations:
         implementations.insert(0, "reference")
 
+    warm_up(args.device, args.dtypes, implementations)
     rows = []
     combinations = [(s, d) for s in sets for d in args.dtypes]
     for set_name, dtype_name in tqdm(combinations, desc="benchmark", unit="set", file=sys.stderr):

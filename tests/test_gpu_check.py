@@ -23,6 +23,11 @@ def test_dry_run_writes_every_stage_and_a_summary(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     document = json.loads((out / "results.json").read_text())
     assert document["dry_run"] and document["card"]
+    meta = document["meta"]
+    assert meta["arguments"] == ["--dry-run", "--out", str(out)] and meta["device"] == "cpu"
+    assert meta["device_name"] == document["card"] and meta["torch"] == torch.__version__
+    assert {"date", "cpu", "cpu_threads", "platform", "python", "triton", "gan_kernels", "cuda", "gpu",
+            "compute_capability"} <= set(meta)
     stages = {s["name"]: s for s in document["stages"]}
     assert list(stages) == list(gpu_check.STAGES)
     assert {name: s["status"] for name, s in stages.items()} == {
@@ -32,12 +37,16 @@ def test_dry_run_writes_every_stage_and_a_summary(tmp_path):
     assert {r["implementation"] for r in stages["bench"]["data"]["rows"]} == {"reference", "compiled", "foreach-eager", "torch"}
     assert {r["optimizer"] for r in stages["bench"]["data"]["optimizer_rows"]} == {"adamw-fused", "gan+adamw-fused", "ganadamw"}
     assert [r["set"] for r in stages["host"]["data"]["rows"]] == ["resnet20", "synthetic_400"]
-    assert len(stages["aot"]["data"]["rows"]) == 31
+    from gan_kernels.kernels import aot
+
+    assert [r["kernel"] for r in stages["aot"]["data"]["rows"]] == [variant[0] for variant in aot.variants()]
     assert "driver: ok" in (out / "sanitizer.log").read_text()
     markdown = (out / "results.md").read_text()
-    assert "dry run" in markdown and "## Targets" in markdown and "## Compiler report" in markdown
+    assert "dry run" in markdown and "## Targets (docs/performance.md)" in markdown and "## Compiler report" in markdown
     last_lines = result.stdout.strip().splitlines()
     assert last_lines[0].startswith("stage") and any(line.startswith("aot") for line in last_lines)
+    assert "performance targets (docs/performance.md):" in last_lines
+    assert "SPEC" not in result.stdout + markdown
 
 
 def test_a_command_past_its_time_box_is_killed_and_logged(tmp_path):
@@ -58,6 +67,7 @@ def test_a_failing_stage_does_not_stop_the_next(tmp_path, monkeypatch):
     assert [(s.name, s.status) for s in stages if s.name in ("env", "aot")] == [("env", "failed"), ("aot", "ok")]
     assert "planted" in stages[0].note
     document = json.loads((tmp_path / "results.json").read_text())
+    assert document["meta"]["device_name"] and document["meta"]["arguments"] == []
     assert {s["name"]: s["status"] for s in document["stages"]} == {
         "env": "failed", "tests": "skipped", "sanitizer": "skipped", "bench": "skipped", "host": "skipped", "aot": "ok"}
 
