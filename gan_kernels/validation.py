@@ -1,4 +1,4 @@
-"""Input checks shared by every entry point: they raise before anything is modified (SPEC §3)."""
+"""Input checks shared by every entry point: they raise before anything is modified (docs/guarantees.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""GANAdamW (SPEC §5): the step of GAN(torch.optim.AdamW(...)) on every finite step, within the
+"""GANAdamW (docs/api.md): the step of GAN(torch.optim.AdamW(...)) on every finite step, within the
 dtype's tolerance, on the fused kernels (Triton's interpreter on a CPU, compiled on a GPU) and on
 the fallback; nothing at all changes on a non-finite step; the raw gradient stays in p.grad;
 checkpoints move both ways."""
@@ -51,7 +51,7 @@ def pair(options, dtype=torch.float32, groups=1, backend="torch", mode="gan"):
 
 
 def assert_close(ours, theirs, dtype, extra=0.0):
-    """Relative norm error within the dtype's tolerance (SPEC §1.1; plus ``extra``), per tensor."""
+    """Relative norm error within the dtype's tolerance (docs/guarantees.md; plus ``extra``), per tensor."""
     for a, b in zip(ours, theirs):
         a, b = a.detach().double(), b.detach().double()
         assert not torch.isnan(a).any()

@@ -1,4 +1,4 @@
-"""``gan_`` (the torch fallback) against the reference and the float64 evaluation (SPEC §1–§3)."""
+"""``gan_`` (the torch fallback) against the reference and the float64 evaluation (docs/method.md, docs/guarantees.md)."""
 
 import math
 

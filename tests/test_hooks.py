@@ -1,4 +1,4 @@
-"""attach (SPEC §6): GAN through an optimizer's step pre-hook, the GANState in the optimizer's own
+"""attach (docs/api.md): GAN through an optimizer's step pre-hook, the GANState in the optimizer's own
 state dict, and the unscaled gradients under a loss scaler."""
 
 import copy

@@ -1,4 +1,4 @@
-"""The Triton path against the float64 evaluation of SPEC §1.1.
+"""The Triton path against the float64 evaluation of one step (docs/method.md).
 
 Without a GPU the kernels run in Triton's interpreter on CPU tensors (tests/conftest.py sets
 TRITON_INTERPRET=1); with one, the same tests run the compiled kernels on CUDA tensors.

@@ -1,4 +1,4 @@
-"""The reference against hand-computed cases (SPEC §1.1)."""
+"""The reference against hand-computed cases (docs/method.md)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""SPEC §3: bad input gets a clear error that names the problem, and nothing is modified."""
+"""docs/guarantees.md: bad input gets a clear error that names the problem, and nothing is modified."""
 
 import importlib.util
 

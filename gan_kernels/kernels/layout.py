@@ -1,7 +1,8 @@
 """The tables the kernels read, built once per gradient layout and cached.
 
 A *layout* is what the kernels need to know about a list of gradients: each tensor's data pointer,
-size and dtype. From it this module builds, on the host and in one go, the int64 tables of SPEC §4:
+size and dtype. From it this module builds, on the host and in one go, these int64 tables (the
+cached metadata of docs/performance.md):
 
 per dtype group (one statistics and one apply launch each)
     ``ptrs[j]``         data pointer of the group's j-th tensor
