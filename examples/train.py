@@ -1,7 +1,7 @@
 """Compare AdamW, Gradient Centralization, ZNorm and GAN on the paper's models, and draw the
 gradient dynamics behind them.
 
-    python examples/train.py                       # ResNet-20 on the embedded digits, CPU, minutes
+    python examples/train.py                       # ResNet-20 on the embedded digits: about a minute on a 2-core CPU
     python examples/train.py --dataset cifar100 --data-dir DIR --model resnet56 --epochs 200 --device cuda
 
 Every method trains the same model from the same seed on the same batches: ``adamw`` is plain
@@ -12,7 +12,9 @@ the AdamW update). The default is the paper's comparison: AdamW, GC, ZNorm and G
 runs record, at no extra pass over the gradients, every eligible layer's gradient std, the global
 std and alpha, and the coherence cos(g_t, g_{t-1}) of consecutive gradients. ``--out`` receives
 ``metrics.json`` (final accuracies and per-epoch curves), one ``gradients_<method>.csv`` per
-wrapped method, and ``dynamics.png``.
+wrapped method, and ``dynamics.png``. Bad input (an unknown model, method, dataset or device, a
+device this machine lacks, ``--data-dir`` without ``--dataset cifar100``, a ``--data-dir``
+without the archive) ends with a one-line error, and nothing is written.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="resnet20", help=f"one of {', '.join(models.MODELS)}")
     parser.add_argument("--dataset", default="digits", help=f"one of {', '.join(DATASETS)}")
-    parser.add_argument("--data-dir", type=Path, help="for cifar100: the folder with cifar-100-python(.tar.gz)")
+    parser.add_argument("--data-dir", type=Path, help="with --dataset cifar100 only: the folder with cifar-100-python(.tar.gz)")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                         help=f"comma-separated, from {', '.join(METHODS)} (default: {','.join(DEFAULT_METHODS)})")
     parser.add_argument("--epochs", type=int, default=15)
@@ -66,7 +68,8 @@ def parse_args(argv=None):
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu, cuda, cuda:N, mps, ... (default: cuda when available, else cpu)")
     parser.add_argument("--no-coherence", action="store_true", help="skip cos(g_t, g_t-1), which costs a copy of the gradients")
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
     args = parser.parse_args(argv)
@@ -85,8 +88,49 @@ def check_args(args):
         raise UsageError(f"unknown method {', '.join(map(repr, unknown)) or '(none given)'}; accepted: {', '.join(METHODS)}")
     if args.dataset == "cifar100" and args.data_dir is None:
         raise UsageError("--dataset cifar100 needs --data-dir DIR holding cifar-100-python.tar.gz or cifar-100-python/")
+    if args.dataset != "cifar100" and args.data_dir is not None:
+        raise UsageError(f"--data-dir is only read with --dataset cifar100 (the {args.dataset} data are embedded)")
     if args.epochs < 1 or args.batch_size < 1:
         raise UsageError("--epochs and --batch-size must be at least 1")
+    check_device(args.device)
+
+
+def available_devices():
+    """The devices this machine can train on, as --device accepts them."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def check_device(name):
+    """Raise UsageError unless ``name`` is a device this machine has."""
+    available = f"available here: {', '.join(available_devices())}"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise UsageError(f"unknown device {name!r}; {available}") from None
+    if device.type == "meta":
+        raise UsageError(f"device {name!r} holds no data and cannot train; {available}")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(f"device {name!r} is not available: this machine has no usable CUDA device; {available}")
+        if device.index is not None and device.index >= count:
+            raise UsageError(f"device {name!r} is not available: this machine has {count} CUDA device(s); {available}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"device {name!r} is not available: this machine has no usable MPS device; {available}")
+    backend = getattr(torch, device.type, None)
+    if device.type not in ("cpu", "cuda", "mps") and callable(getattr(backend, "is_available", None)) and not backend.is_available():
+        raise UsageError(f"device {name!r} is not available on this machine; {available}")
+    try:
+        torch.empty(1, device=device)
+    except Exception as error:  # noqa: BLE001 -- each backend reports a missing device its own way
+        reason = str(error).strip().split(". ")[0].splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise UsageError(f"device {name!r} is not available ({reason}); {available}") from None
 
 
 def load(args):
@@ -96,11 +140,6 @@ def load(args):
         return data.load_cifar100(args.data_dir), True
     except FileNotFoundError as error:
         raise UsageError(str(error)) from None
-
-
-def eligible_names(model):
-    """The names of the parameters GAN transforms by default (ndim > 1), in parameter order."""
-    return [name for name, p in model.named_parameters() if p.ndim > 1]
 
 
 @torch.no_grad()
@@ -121,7 +160,7 @@ def train_method(method, args, images, augmented, device):
         if method != "adamw":
             opt = GAN(opt, mode=method)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs)
-    recorder = GradientRecorder(eligible_names(model), coherence=not args.no_coherence) if method != "adamw" else None
+    recorder = None if method == "adamw" else GradientRecorder.for_optimizer(opt, model, coherence=not args.no_coherence)
     x_train, y_train = images.train_x.to(device), images.train_y.to(device)
     x_test, y_test = images.test_x.to(device), images.test_y.to(device)
     shuffle = torch.Generator().manual_seed(args.seed)
@@ -141,7 +180,7 @@ def train_method(method, args, images, augmented, device):
                 loss.backward()
                 opt.step()
                 if recorder is not None:
-                    recorder.record(opt.last_stats, opt.eligible_grads())
+                    recorder.record(opt.last_stats)
                 total += loss.detach() * len(batch)
                 bar.update()
             scheduler.step()
@@ -156,8 +195,9 @@ def train_method(method, args, images, augmented, device):
     return curves, recorder
 
 
-def plot(path, results, recorders, model_name):
-    """The gradient dynamics of the GAN run and every method's test accuracy, in one PNG."""
+def dynamics_figure(results, recorders, model_name):
+    """The gradient dynamics of the GAN run (else of the first recorded run), the coherence of every
+    run that recorded it, and every method's test accuracy: one panel each, none left empty."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -165,9 +205,17 @@ def plot(path, results, recorders, model_name):
 
     method_colors = {method: f"C{i}" for i, method in enumerate(METHODS)}  # the same in every panel
     shown = "gan" if "gan" in recorders else next(iter(recorders), None)
-    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
-    (layers, scale), (coherence, accuracy_ax) = axes
+    coherent = {}
+    for method, recorder in recorders.items():
+        values = recorder.column("coherence")
+        if any(v == v for v in values):
+            coherent[method] = (recorder.column("step"), values)
+    panels = (["layers", "scale"] if shown is not None else []) + (["coherence"] if coherent else []) + ["accuracy"]
+    rows, cols = (2, 2) if len(panels) == 4 else (1, len(panels))
+    fig, grid = plt.subplots(rows, cols, figsize=(6.5 * cols, 4.5 * rows), squeeze=False)
+    axes = dict(zip(panels, grid.flat))
     if shown is not None:
+        layers, scale = axes["layers"], axes["scale"]
         recorder = recorders[shown]
         steps = recorder.column("step")
         names = recorder.names
@@ -183,22 +231,36 @@ def plot(path, results, recorders, model_name):
         scale.plot(steps, recorder.column("alpha"), color="black", label="alpha")
         scale.set(yscale="log", xlabel="step", title=f"{shown}: global gradient std and alpha")
         scale.legend()
-    for method, recorder in recorders.items():
-        values = recorder.column("coherence")
-        if any(v == v for v in values):
-            coherence.plot(recorder.column("step"), values, lw=0.8, color=method_colors[method], label=method)
-    coherence.axhline(0.0, color="gray", lw=0.5)
-    coherence.set(xlabel="step", ylabel="cos(g_t, g_t-1)", title="gradient coherence of consecutive steps")
-    if recorders:
+    if coherent:
+        coherence = axes["coherence"]
+        for method, (steps, values) in coherent.items():
+            coherence.plot(steps, values, lw=0.8, color=method_colors[method], label=method)
+        coherence.axhline(0.0, color="gray", lw=0.5)
+        coherence.set(xlabel="step", ylabel="cos(g_t, g_t-1)", title="gradient coherence of consecutive steps")
         coherence.legend()
+    accuracy_ax = axes["accuracy"]
     for method, curves in results.items():
         epochs = range(1, len(curves["test_accuracy"]) + 1)
         accuracy_ax.plot(epochs, curves["test_accuracy"], marker="o", color=method_colors[method], label=method)
     accuracy_ax.set(xlabel="epoch", ylabel="test accuracy", title=f"{model_name}: test accuracy per method")
     accuracy_ax.legend()
     fig.tight_layout()
+    return fig
+
+
+def plot(path, results, recorders, model_name):
+    """Write :func:`dynamics_figure` to ``path`` as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = dynamics_figure(results, recorders, model_name)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def listing(paths):
+    """'a', 'a and b', 'a, b and c'."""
+    paths = [str(p) for p in paths]
+    return paths[0] if len(paths) == 1 else f"{', '.join(paths[:-1])} and {paths[-1]}"
 
 
 def comparison_table(results):
@@ -233,11 +295,14 @@ def main(argv=None):
         "best_accuracy": {m: max(c["test_accuracy"]) for m, c in results.items()},
         "curves": results,
     }
-    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    written = [args.out / "metrics.json"]
+    written[-1].write_text(json.dumps(metrics, indent=2) + "\n")
     for method, recorder in recorders.items():
-        recorder.write_csv(args.out / f"gradients_{method}.csv")
-    plot(args.out / "dynamics.png", results, recorders, args.model)
-    print(f"wrote {args.out / 'metrics.json'}, {args.out / 'dynamics.png'} and the gradient CSVs")
+        written.append(args.out / f"gradients_{method}.csv")
+        recorder.write_csv(written[-1])
+    written.append(args.out / "dynamics.png")
+    plot(written[-1], results, recorders, args.model)
+    print(f"wrote {listing(written)}")
     return metrics["final_accuracy"]
 
 

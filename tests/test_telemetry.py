@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from gan_kernels import GANState, reference
+from gan_kernels import GAN, GANAdamW, GANState, attach, reference
 from gan_kernels.telemetry import GradientRecorder
 from tests.helpers import clone_all, random_grads
 
@@ -83,3 +83,154 @@ def test_tensorboard_when_installed(tmp_path):
         assert written is False and not (tmp_path / "tb").exists()
     else:
         assert written is True and any((tmp_path / "tb").iterdir())
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+
+
+def backward(model, seed):
+    generator = torch.Generator().manual_seed(seed)
+    model(torch.randn(16, 4, generator=generator)).square().mean().backward()
+
+
+def train(model, opt, recorder, steps=3, explicit=False):
+    for s in range(steps):
+        opt.zero_grad()
+        backward(model, s)
+        opt.step()
+        stats = opt.last_stats
+        recorder.record(stats, opt.eligible_grads() if explicit else None)
+
+
+def test_for_optimizer_names_the_eligible_parameters_of_gan(tmp_path):
+    model = tiny_model()
+    opt = GAN(torch.optim.AdamW(model.parameters(), lr=1e-3))
+    recorder = GradientRecorder.for_optimizer(opt, model, coherence=True)
+    train(model, opt, recorder)
+    assert recorder.names == ["0.weight", "2.weight"]
+    chosen = [p for _, p in recorder.eligible_parameters()]
+    assert len(chosen) == 2 and chosen[0] is model[0].weight and chosen[1] is model[2].weight
+    rows = recorder.flush()
+    assert [row["step"] for row in rows] == [1, 2, 3]
+    assert math.isnan(rows[0]["coherence"]) and not math.isnan(rows[2]["coherence"])
+    assert rows[2]["std/2.weight"] == pytest.approx(opt.last_stats.stds[1].item())
+    recorder.write_csv(tmp_path / "g.csv")
+    header = (tmp_path / "g.csv").read_text().splitlines()[0].split(",")
+    assert header == ["step", "global_std", "alpha", "nonfinite", "coherence", "std/0.weight", "std/2.weight"]
+
+    # The gradients default to the optimizer's eligible ones: the same rows as passing them.
+    model_b = tiny_model()
+    opt_b = GAN(torch.optim.AdamW(model_b.parameters(), lr=1e-3))
+    explicit = GradientRecorder.for_optimizer(opt_b, model_b, coherence=True)
+    train(model_b, opt_b, explicit, explicit=True)
+    assert json.dumps(explicit.flush()) == json.dumps(rows)
+
+
+@pytest.mark.parametrize("build", ["gan-adamw", "attachment", "attached-optimizer"])
+def test_for_optimizer_follows_the_optimizers_eligible_rule(build):
+    model = tiny_model()
+
+    def biases(p):
+        return p.ndim == 1
+
+    if build == "gan-adamw":
+        opt = source = GANAdamW(model.parameters(), lr=1e-3, eligible=biases)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        attachment = attach(opt, eligible=biases)
+        source = attachment if build == "attachment" else opt
+    recorder = GradientRecorder.for_optimizer(source, model)
+    for s in range(2):
+        opt.zero_grad()
+        backward(model, s)
+        opt.step()
+        stats = opt.last_stats if build == "gan-adamw" else attachment.last_stats
+        recorder.record(stats)
+    assert recorder.names == ["0.bias", "2.bias"]
+    assert recorder.flush()[1]["std/0.bias"] == pytest.approx(stats.stds[0].item())
+    if build != "gan-adamw":
+        attachment.remove()
+
+
+def test_parameters_without_a_gradient_are_named_by_step(tmp_path):
+    """A layer that gets no gradient at some step: rows are keyed by name, the CSV has every
+    column (empty where a step lacks it) and coherence restarts when the set changes."""
+
+    class TwoHeads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Linear(4, 8)
+            self.left = torch.nn.Linear(8, 2)
+            self.right = torch.nn.Linear(8, 2)
+
+        def forward(self, x, head):
+            return getattr(self, head)(torch.relu(self.body(x)))
+
+    torch.manual_seed(0)
+    model = TwoHeads()
+    opt = GAN(torch.optim.SGD(model.parameters(), lr=0.1))
+    recorder = GradientRecorder.for_optimizer(opt, model, coherence=True)
+    for s, head in enumerate(["left", "left", "right", "right"]):
+        opt.zero_grad(set_to_none=True)
+        model(torch.randn(16, 4, generator=torch.Generator().manual_seed(s)), head).square().mean().backward()
+        opt.step()
+        recorder.record(opt.last_stats)
+    rows = recorder.flush()
+    assert recorder.names == ["body.weight", "left.weight", "right.weight"]
+    assert [sorted(k for k in row if k.startswith("std/")) for row in rows] == [
+        ["std/body.weight", "std/left.weight"]] * 2 + [["std/body.weight", "std/right.weight"]] * 2
+    assert rows[3]["std/right.weight"] == pytest.approx(opt.last_stats.stds[1].item())
+    coherence = [row["coherence"] for row in rows]
+    assert math.isnan(coherence[0]) and math.isnan(coherence[2])
+    assert not math.isnan(coherence[1]) and not math.isnan(coherence[3])
+    left = recorder.column("std/left.weight")
+    assert not math.isnan(left[1]) and math.isnan(left[2])
+    with pytest.raises(KeyError, match="std/nothing"):
+        recorder.column("std/nothing")
+
+    recorder.write_csv(tmp_path / "g.csv")
+    with open(tmp_path / "g.csv") as f:
+        reader = csv.DictReader(f)
+        written = list(reader)
+    assert reader.fieldnames == ["step", "global_std", "alpha", "nonfinite", "coherence",
+                                 "std/body.weight", "std/left.weight", "std/right.weight"]
+    assert written[0]["std/right.weight"] == "" and written[3]["std/left.weight"] == ""
+    assert float(written[3]["std/right.weight"]) == pytest.approx(rows[3]["std/right.weight"])
+
+
+def test_for_optimizer_bad_use():
+    model = tiny_model()
+    opt = GAN(torch.optim.AdamW(model.parameters(), lr=1e-3))
+    recorder = GradientRecorder.for_optimizer(opt, model)
+    with pytest.raises(ValueError, match="record after the optimizer's step"):
+        recorder.record(opt.last_stats)
+    backward(model, 0)
+    opt.step()
+    opt.zero_grad()
+    with pytest.raises(ValueError, match="before the gradients are zeroed"):
+        recorder.record(opt.last_stats)
+    with pytest.raises(ValueError, match="not parameters of the model"):
+        GradientRecorder.for_optimizer(opt, torch.nn.Linear(4, 8))
+    with pytest.raises(ValueError, match="for_optimizer"):
+        GradientRecorder().eligible_parameters()
+
+
+def test_record_does_not_read_values_on_the_host(monkeypatch):
+    """Recording only queues device work: nothing per step reads a tensor's value on the host."""
+    model = tiny_model()
+    opt = GAN(torch.optim.AdamW(model.parameters(), lr=1e-3))
+    recorder = GradientRecorder.for_optimizer(opt, model, coherence=True)
+    backward(model, 0)
+    opt.step()
+
+    def host_read(self, *args, **kwargs):
+        raise AssertionError("record() read a tensor's value on the host")
+
+    with monkeypatch.context() as patch:
+        for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
+            patch.setattr(torch.Tensor, name, host_read)
+        recorder.record(opt.last_stats)
+        recorder.record(opt.last_stats)
+    assert len(recorder.flush()) == 2
