@@ -92,9 +92,9 @@ MUTANTS = [
     ),
     Mutant(
         "stored exponent ignored: fallback",
-        FALLBACK,
-        "autoscale(sigma, state.exponent)",
-        "autoscale(sigma, state.exponent + float('nan'))",
+        "gan_kernels/rule.py",
+        "    alpha, exponent = evaluate(rule, sigma, state.exponent)",
+        "    alpha, exponent = evaluate(rule, sigma, state.exponent + float('nan'))",
         ("tests/test_functional.py", "-k", "multi_step"),
     ),
     Mutant(
@@ -219,8 +219,8 @@ MUTANTS = [
     Mutant(
         "GANAdamW's fallback transforms p.grad in place",
         "gan_kernels/optim.py",
-        "stats = gan_(self._scratch, self.gan_state, mode=self.mode, backend=self.backend)",
-        "stats = gan_(chosen, self.gan_state, mode=self.mode, backend=self.backend)",
+        "stats = gan_(self._scratch, self.gan_state, mode=self.mode, backend=self.backend, rule=self.rule)",
+        "stats = gan_(chosen, self.gan_state, mode=self.mode, backend=self.backend, rule=self.rule)",
         ADAMW_TESTS,
     ),
     Mutant(
@@ -268,8 +268,8 @@ MUTANTS = [
     Mutant(
         "loading a plain optimizer's state dict resets the GAN state",
         "gan_kernels/optim.py",
-        "        if gan_state is not None:\n            self.gan_state.load_state_dict(gan_state)",
-        "        self.gan_state.load_state_dict(gan_state or GANState().state_dict())",
+        "            self.optimizer.load_state_dict(state_dict)\n            if gan_state is not None:\n                self.gan_state.load_state_dict(gan_state)",
+        "            self.optimizer.load_state_dict(state_dict)\n            self.gan_state.load_state_dict(gan_state or GANState().state_dict())",
         ("tests/test_optim.py", "-k", "state_dict"),
     ),
     Mutant(
