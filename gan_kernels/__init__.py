@@ -7,9 +7,9 @@ Adversarial Network.
 
 from .functional import gan_
 from .hooks import attach
-from .optim import GAN, GANAdamW
+from .optim import GAN, AdaFom, GANAdamW
 from .plan import release_captured_plans
 from .state import GANState, GANStats
 
-__all__ = ["GAN", "GANAdamW", "GANState", "GANStats", "attach", "gan_", "release_captured_plans"]
+__all__ = ["AdaFom", "GAN", "GANAdamW", "GANState", "GANStats", "attach", "gan_", "release_captured_plans"]
 __version__ = "0.1.0"

@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.optim.adamw import adamw
 
 from . import plan as plans
+from .adafom import AdaFom
 from .functional import check_backend, gan_, step
 from .plan import Plan
 from .rule import Rule, check_rule
