@@ -4,6 +4,7 @@
 * :func:`load_cifar100` -- CIFAR-100 from the standard python archive already on disk.
 * :func:`augment` -- the usual CIFAR augmentation (random crop with padding, horizontal flip)
   on a batch tensor, on any device.
+* :func:`gaussian_blur` -- the fixed blur of the critical-period deficit (sigma = side / 8).
 
 Both loaders return an :class:`ImageData` of float32 NCHW images and int64 labels.
 """
@@ -142,3 +143,31 @@ def augment(batch, generator, *, padding=4, flip_prob=0.5):
     # Index channels-last so the three index tensors are adjacent: (N, H, W, C) out.
     out = padded.permute(0, 2, 3, 1)[images, rows[:, :, None], columns[:, None, :]]
     return out.permute(0, 3, 1, 2).contiguous()
+
+
+def deficit_sigma(side):
+    """The blur of the deficit for square images of ``side`` pixels: sigma = side / 8 (2 pixels on
+    the 16x16 digits, 4 on CIFAR's 32x32), strong enough to erase detail but not the rough shape."""
+    return side / 8
+
+
+def gaussian_blur(batch, sigma):
+    """Blur every channel of an (N, C, H, W) batch with a Gaussian of std ``sigma`` pixels.
+
+    The kernel is separable, truncated at 3 sigma and normalised to sum 1; borders are reflected
+    (so a uniform image stays uniform). The shape is kept and the result is deterministic.
+    """
+    if batch.ndim != 4:
+        raise ValueError(f"gaussian_blur expects an (N, C, H, W) batch, got shape {tuple(batch.shape)}")
+    if not sigma > 0:
+        raise ValueError(f"gaussian_blur needs sigma > 0, got {sigma}")
+    radius = max(1, int(3 * sigma + 0.5))
+    if radius >= min(batch.shape[-2:]):
+        raise ValueError(f"sigma {sigma} is too large for {tuple(batch.shape[-2:])} images (radius {radius})")
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)  # on the host: any device takes it
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(batch.device, batch.dtype)
+    channels = batch.shape[1]
+    padded = F.pad(batch, (radius, radius, radius, radius), mode="reflect")
+    rows = F.conv2d(padded, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+    return F.conv2d(rows, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)

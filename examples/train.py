@@ -8,13 +8,25 @@ Every method trains the same model from the same seed on the same batches: ``ada
 AdamW; ``gc`` (Gradient Centralization as its authors define it: one mean per output channel),
 ``center`` (one mean per tensor: GAN without the autoscale), ``znorm`` and ``gan`` wrap it in
 ``gan_kernels.GAN`` with that mode, and ``gan-fused`` is ``gan_kernels.GANAdamW`` (GAN inside
-the AdamW update). The default is the paper's comparison: AdamW, GC, ZNorm and GAN. The GAN-wrapped
-runs record, at no extra pass over the gradients, every eligible layer's gradient std, the global
-std and alpha, and the coherence cos(g_t, g_{t-1}) of consecutive gradients. ``--out`` receives
-``metrics.json`` (final accuracies and per-epoch curves), one ``gradients_<method>.csv`` per
-wrapped method, and ``dynamics.png``. Bad input (an unknown model, method, dataset or device, a
-device this machine lacks, ``--data-dir`` without ``--dataset cifar100``, a ``--data-dir``
-without the archive) ends with a one-line error, and nothing is written.
+the AdamW update); ``adafom`` is AdaFom (``gan_kernels.AdaFom``: Adam's first moment over the
+average of all past squared gradients) and ``gan-adafom`` wraps it in GAN. The default is the
+paper's comparison: AdamW, GC, ZNorm and GAN.
+
+Every run records the gradient coherence cos(g_t, g_{t-m}) at lags m = 1 and 5 over the eligible
+gradients the optimizer used, and every ``--probe-every`` steps the function-space step size: the
+root-mean-square distance of the model's outputs on a fixed probe batch (the first 256 test
+images) since the previous probe. The GAN-wrapped runs also record, at no extra pass over the
+gradients, every eligible layer's gradient std, the global std and alpha.
+
+``--deficit-epochs A:B`` blurs the training inputs during epochs A to B (counted from 1, both
+included) with a fixed Gaussian blur of std side/8 pixels (2 on the 16x16 digits, 4 on CIFAR),
+the deficit of the critical-period protocol; the test images are never blurred.
+
+``--out`` receives ``metrics.json`` (final accuracies, per-epoch curves and the per-step coherence
+and function-space step size), one ``gradients_<method>.csv`` per recorded run, and
+``dynamics.png``. Bad input (an unknown model, method, dataset or device, a device this machine
+lacks, ``--data-dir`` without ``--dataset cifar100``, a ``--data-dir`` without the archive, a
+deficit outside the epochs) ends with a one-line error, and nothing is written.
 """
 
 from __future__ import annotations
@@ -30,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from gan_kernels import GAN, GANAdamW
-from gan_kernels.telemetry import GradientRecorder
+from gan_kernels import GAN, AdaFom, GANAdamW
+from gan_kernels.telemetry import DEFAULT_LAGS, GradientRecorder
 
 
 def _load_sibling(name):
@@ -45,11 +57,12 @@ def _load_sibling(name):
 models = _load_sibling("models")
 data = _load_sibling("data")
 
-METHODS = ("adamw", "gc", "center", "znorm", "gan", "gan-fused")
+METHODS = ("adamw", "gc", "center", "znorm", "gan", "gan-fused", "adafom", "gan-adafom")
 # The paper's comparison.
 DEFAULT_METHODS = ("adamw", "gc", "znorm", "gan")
 DATASETS = ("digits", "cifar100")
 DIGITS_SIZE = 16  # the 8x8 digits upsampled, so that ResNet's three stages keep a 4x4 map
+PROBE_SIZE = 256  # test images whose outputs measure the function-space step size
 
 
 class UsageError(Exception):
@@ -70,11 +83,32 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cpu, cuda, cuda:N, mps, ... (default: cuda when available, else cpu)")
-    parser.add_argument("--no-coherence", action="store_true", help="skip cos(g_t, g_t-1), which costs a copy of the gradients")
+    parser.add_argument("--no-coherence", action="store_true",
+                        help="skip the coherence cos(g_t, g_t-m), m = 1 and 5, which keeps 6 copies of the gradients")
+    parser.add_argument("--probe-every", type=int, default=10, metavar="N",
+                        help="measure the function-space step size every N steps (0: never; default 10)")
+    parser.add_argument("--deficit-epochs", metavar="A:B",
+                        help="blur the training inputs during epochs A to B, counted from 1 (the critical-period deficit)")
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
     args = parser.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     return args
+
+
+def deficit_epochs(text, epochs):
+    """``"A:B"`` as the range of epochs A..B (both included), checked against ``epochs``."""
+    if text is None:
+        return range(0)
+    first, sep, last = text.partition(":")
+    try:
+        first, last = int(first), int(last)
+    except ValueError:
+        first = last = None
+    if not sep or first is None:
+        raise UsageError(f"--deficit-epochs takes A:B, two epoch numbers such as 1:5, got {text!r}")
+    if not 1 <= first <= last <= epochs:
+        raise UsageError(f"--deficit-epochs {text}: need 1 <= A <= B <= --epochs ({epochs})")
+    return range(first, last + 1)
 
 
 def check_args(args):
@@ -92,6 +126,9 @@ def check_args(args):
         raise UsageError(f"--data-dir is only read with --dataset cifar100 (the {args.dataset} data are embedded)")
     if args.epochs < 1 or args.batch_size < 1:
         raise UsageError("--epochs and --batch-size must be at least 1")
+    if args.probe_every < 0:
+        raise UsageError("--probe-every must be 0 (never) or a number of steps")
+    deficit_epochs(args.deficit_epochs, args.epochs)
     check_device(args.device)
 
 
@@ -149,25 +186,43 @@ def accuracy(model, x, y, batch_size=512):
     return (correct / len(y)).item()
 
 
+def make_optimizer(method, model, args):
+    """The optimizer of ``method`` for ``model``'s parameters."""
+    if method == "gan-fused":
+        return GANAdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    if method in ("adafom", "gan-adafom"):
+        opt = AdaFom(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    if method in ("adamw", "adafom"):
+        return opt
+    return GAN(opt, mode="gan" if method == "gan-adafom" else method)
+
+
+def runs_gan(method):
+    return method not in ("adamw", "adafom")
+
+
 def train_method(method, args, images, augmented, device):
     """Train one method from the seed; return its per-epoch curves and its recorder (or None)."""
     torch.manual_seed(args.seed)
     model = models.MODELS[args.model](in_channels=images.in_channels, num_classes=images.num_classes).to(device)
-    if method == "gan-fused":
-        opt = GANAdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    else:
-        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-        if method != "adamw":
-            opt = GAN(opt, mode=method)
+    opt = make_optimizer(method, model, args)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs)
-    recorder = None if method == "adamw" else GradientRecorder.for_optimizer(opt, model, coherence=not args.no_coherence)
     x_train, y_train = images.train_x.to(device), images.train_y.to(device)
     x_test, y_test = images.test_x.to(device), images.test_y.to(device)
+    lags = () if args.no_coherence else DEFAULT_LAGS
+    probe = {"probe": x_test[:PROBE_SIZE], "probe_every": args.probe_every} if args.probe_every else {}
+    recorder = None
+    if runs_gan(method) or lags or probe:
+        recorder = GradientRecorder.for_optimizer(opt, model, coherence=lags, **probe)
+    deficit = deficit_epochs(args.deficit_epochs, args.epochs)
+    sigma = data.deficit_sigma(x_train.shape[-1])
     shuffle = torch.Generator().manual_seed(args.seed)
     steps = -(-len(y_train) // args.batch_size)
     curves = {"loss": [], "test_accuracy": []}
     start = time.perf_counter()
-    with tqdm(total=args.epochs * steps, desc=f"{method:>9}", unit="step", leave=False, file=sys.stderr) as bar:
+    with tqdm(total=args.epochs * steps, desc=f"{method:>10}", unit="step", leave=False, file=sys.stderr) as bar:
         for epoch in range(1, args.epochs + 1):
             model.train()
             order = torch.randperm(len(y_train), generator=shuffle).to(device)
@@ -175,44 +230,92 @@ def train_method(method, args, images, augmented, device):
             for i in range(0, len(y_train), args.batch_size):
                 batch = order[i:i + args.batch_size]
                 x = data.augment(x_train[batch], shuffle) if augmented else x_train[batch]
+                if epoch in deficit:
+                    x = data.gaussian_blur(x, sigma)
                 loss = F.cross_entropy(model(x), y_train[batch])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 if recorder is not None:
-                    recorder.record(opt.last_stats)
+                    recorder.record(opt.last_stats if runs_gan(method) else None)
                 total += loss.detach() * len(batch)
                 bar.update()
             scheduler.step()
             curves["loss"].append(total.item() / len(y_train))
             curves["test_accuracy"].append(accuracy(model, x_test, y_test))
-            line = f"{method:>9}  epoch {epoch:3d}  loss {curves['loss'][-1]:.4f}  test acc {curves['test_accuracy'][-1]:.4f}"
-            if recorder is not None:
+            line = f"{method:>10}  epoch {epoch:3d}  loss {curves['loss'][-1]:.4f}  test acc {curves['test_accuracy'][-1]:.4f}"
+            if recorder is not None and runs_gan(method):
                 row = recorder.flush()[-1]
                 line += f"  alpha {row['alpha']:.3g}  global grad std {row['global_std']:.3g}"
+            if epoch in deficit:
+                line += "  (blurred inputs)"
             tqdm.write(line, file=sys.stdout)
     curves["seconds"] = time.perf_counter() - start
     return curves, recorder
 
 
+DYNAMICS = tuple(f"coherence/{m}" for m in DEFAULT_LAGS) + ("function_step",)
+
+
+def dynamics(recorder):
+    """The recorder's per-step coherence and function-space step size, NaN as None (valid JSON)."""
+    series = {"step": recorder.column("step")}
+    for key in DYNAMICS:
+        if any(key in row for row in recorder.flush()):
+            series[key] = [None if v != v else v for v in recorder.column(key)]
+    return series
+
+
+SMOOTHING = 25  # steps in the moving average of the coherence curves drawn (the CSV keeps every step)
+
+
+def moving_average(values, window=SMOOTHING):
+    """At each step, the mean of the finite values among the last ``window`` steps (NaN if none)."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=float)
+    finite = np.isfinite(values)
+    sums = np.concatenate([[0.0], np.cumsum(np.where(finite, values, 0.0))])
+    counts = np.concatenate([[0], np.cumsum(finite)])
+    ends = np.arange(1, len(values) + 1)
+    starts = np.maximum(ends - window, 0)
+    count = counts[ends] - counts[starts]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, (sums[ends] - sums[starts]) / count, np.nan)
+
+
+def recorded(recorders, key):
+    """{method: (steps, values)} of the runs that recorded ``key`` at some step (NaN elsewhere)."""
+    found = {}
+    for method, recorder in recorders.items():
+        rows = recorder.flush()
+        if any(key in row and row[key] == row[key] for row in rows):
+            found[method] = (recorder.column("step"), recorder.column(key))
+    return found
+
+
 def dynamics_figure(results, recorders, model_name):
-    """The gradient dynamics of the GAN run (else of the first recorded run), the coherence of every
-    run that recorded it, and every method's test accuracy: one panel each, none left empty."""
+    """The gradient dynamics of the GAN run (else of the first run with GAN's stats), the coherence
+    at both lags and the function-space step size of every run that recorded them, and every
+    method's test accuracy: one panel each, none left empty."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     method_colors = {method: f"C{i}" for i, method in enumerate(METHODS)}  # the same in every panel
-    shown = "gan" if "gan" in recorders else next(iter(recorders), None)
-    coherent = {}
-    for method, recorder in recorders.items():
-        values = recorder.column("coherence")
-        if any(v == v for v in values):
-            coherent[method] = (recorder.column("step"), values)
-    panels = (["layers", "scale"] if shown is not None else []) + (["coherence"] if coherent else []) + ["accuracy"]
-    rows, cols = (2, 2) if len(panels) == 4 else (1, len(panels))
+    with_stats = [m for m, r in recorders.items() if any("alpha" in row for row in r.flush())]
+    shown = "gan" if "gan" in with_stats else next(iter(with_stats), None)
+    coherent = {m: recorded(recorders, f"coherence/{m}") for m in DEFAULT_LAGS}
+    coherent = {lag: runs for lag, runs in coherent.items() if runs}
+    probed = recorded(recorders, "function_step")
+    panels = ((["layers", "scale"] if shown is not None else []) + (["coherence"] if coherent else [])
+              + (["function"] if probed else []) + ["accuracy"])
+    cols = 1 if len(panels) == 1 else 2 if len(panels) in (2, 4) else 3
+    rows = -(-len(panels) // cols)
     fig, grid = plt.subplots(rows, cols, figsize=(6.5 * cols, 4.5 * rows), squeeze=False)
+    for extra in grid.flat[len(panels):]:
+        fig.delaxes(extra)
     axes = dict(zip(panels, grid.flat))
     if shown is not None:
         layers, scale = axes["layers"], axes["scale"]
@@ -233,11 +336,23 @@ def dynamics_figure(results, recorders, model_name):
         scale.legend()
     if coherent:
         coherence = axes["coherence"]
-        for method, (steps, values) in coherent.items():
-            coherence.plot(steps, values, lw=0.8, color=method_colors[method], label=method)
+        styles = dict(zip(DEFAULT_LAGS, ("-", "--")))
+        for lag, runs in coherent.items():
+            for method, (steps, values) in runs.items():
+                coherence.plot(steps, moving_average(values), ls=styles[lag], lw=1, color=method_colors[method],
+                               label=f"{method}, m={lag}")
         coherence.axhline(0.0, color="gray", lw=0.5)
-        coherence.set(xlabel="step", ylabel="cos(g_t, g_t-1)", title="gradient coherence of consecutive steps")
-        coherence.legend()
+        coherence.set(xlabel="step", ylabel="cos(g_t, g_t-m)",
+                      title=f"gradient coherence at lags m = 1 and 5 ({SMOOTHING}-step moving average)")
+        coherence.legend(fontsize=7, ncol=2)
+    if probed:
+        function = axes["function"]
+        for method, (steps, values) in probed.items():
+            points = [(s, v) for s, v in zip(steps, values) if v == v]
+            function.plot(*zip(*points), marker=".", lw=0.8, color=method_colors[method], label=method)
+        function.set(yscale="log", xlabel="step", ylabel="RMS output distance",
+                     title="function-space step size (probe batch, since the previous probe)")
+        function.legend()
     accuracy_ax = axes["accuracy"]
     for method, curves in results.items():
         epochs = range(1, len(curves["test_accuracy"]) + 1)
@@ -264,9 +379,9 @@ def listing(paths):
 
 
 def comparison_table(results):
-    lines = [f"{'method':<9} {'final acc':>9} {'best acc':>9} {'final loss':>10} {'seconds':>8}"]
+    lines = [f"{'method':<10} {'final acc':>9} {'best acc':>9} {'final loss':>10} {'seconds':>8}"]
     for method, c in results.items():
-        lines.append(f"{method:<9} {c['test_accuracy'][-1]:>9.4f} {max(c['test_accuracy']):>9.4f} {c['loss'][-1]:>10.4f} {c['seconds']:>8.1f}")
+        lines.append(f"{method:<10} {c['test_accuracy'][-1]:>9.4f} {max(c['test_accuracy']):>9.4f} {c['loss'][-1]:>10.4f} {c['seconds']:>8.1f}")
     return "\n".join(lines)
 
 
@@ -280,7 +395,8 @@ def main(argv=None):
         sys.exit(f"train.py: error: {error}")
     device = torch.device(args.device)
     print(f"{args.model} on {args.dataset} ({len(images.train_y)} train, {len(images.test_y)} test), "
-          f"{args.epochs} epochs, methods {', '.join(args.methods)}, device {device}")
+          f"{args.epochs} epochs, methods {', '.join(args.methods)}, device {device}"
+          + (f", inputs blurred in epochs {args.deficit_epochs}" if args.deficit_epochs else ""))
     results, recorders = {}, {}
     for method in args.methods:
         results[method], recorder = train_method(method, args, images, augmented, device)
@@ -294,6 +410,7 @@ def main(argv=None):
         "final_accuracy": {m: c["test_accuracy"][-1] for m, c in results.items()},
         "best_accuracy": {m: max(c["test_accuracy"]) for m, c in results.items()},
         "curves": results,
+        "dynamics": {method: dynamics(recorder) for method, recorder in recorders.items()},
     }
     written = [args.out / "metrics.json"]
     written[-1].write_text(json.dumps(metrics, indent=2) + "\n")

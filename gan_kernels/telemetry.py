@@ -8,9 +8,19 @@ everything pending to the host in one transfer (call it once an epoch, not every
 :meth:`GradientRecorder.for_optimizer` builds a recorder that names each layer after its parameter
 in the model (``std/conv1.weight``), choosing the parameters the way the optimizer chose them.
 
-When asked, it also records the *gradient coherence* of consecutive steps,
-cos(g_t, g_{t-1}) over all eligible gradients taken as one vector — the quantity used to study
-stale gradients. That costs one saved copy of the gradients and a dot product per step.
+Two neighbouring measurements of training dynamics can be recorded too:
+
+- the *gradient coherence* at lag m, cos(g_t, g_{t-m}) over all eligible gradients taken as one
+  vector, for any set of lags (by default m = 1 and m = 5), the quantity used to study stale
+  gradients (arXiv 1810.03264). It keeps ``max(lags) + 1`` float32 copies of the eligible gradients
+  (the current one and one per step back) and costs one dot product per lag per step;
+- the *function-space step size*: every ``probe_every`` steps, one extra forward pass (no backward)
+  of the model on a fixed probe batch, and the root-mean-square over the probe examples of the L2
+  distance between its outputs now and at the previous probe (ICLR 2019, *Measuring and
+  regularizing networks in function space*).
+
+Neither needs GAN: a recorder for a plain torch optimizer records them with ``record()`` and no
+stats.
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +39,21 @@ from .hooks import _attached
 from .optim import default_eligible, eligible_gradient
 from .state import GANStats
 
-_SCALARS = ("global_std", "alpha", "nonfinite", "coherence")
+DEFAULT_LAGS = (1, 5)
+_STATS_KEYS = ("global_std", "alpha", "nonfinite")
+
+
+def coherence_lags(coherence: bool | int | Iterable[int]) -> tuple[int, ...]:
+    """The lags that ``coherence=`` asks for: ``True`` is :data:`DEFAULT_LAGS`, ``False`` (or an
+    empty list) none, an int or an iterable of ints those lags (sorted, without repeats)."""
+    if coherence is True:
+        return DEFAULT_LAGS
+    if coherence is False or coherence is None:
+        return ()
+    lags = (coherence,) if isinstance(coherence, int) else tuple(coherence) if isinstance(coherence, Iterable) else None
+    if lags is None or isinstance(coherence, str) or not all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in lags):
+        raise ValueError(f"coherence lags must be positive integers (or True for {DEFAULT_LAGS}), got {coherence!r}")
+    return tuple(sorted(set(lags)))
 
 
 class GradientRecorder:
@@ -40,29 +64,81 @@ class GradientRecorder:
             wrapper: the eligible parameters in parameter-group order). ``None`` names them
             ``layer0``, ``layer1``, ... :meth:`for_optimizer` names them after the model's
             parameters instead, at every step.
-        coherence: also record cos(g_t, g_{t-1}); :meth:`record` then needs the gradients (a
-            recorder from :meth:`for_optimizer` reads them from the optimizer).
+        coherence: the lags m at which to record cos(g_t, g_{t-m}): ``True`` for 1 and 5, an int
+            or a list of ints, ``False`` for none. :meth:`record` then needs the gradients (a
+            recorder from :meth:`for_optimizer` reads them from the optimizer). Memory: ``max(lags)
+            + 1`` float32 copies of the eligible gradients, 4 bytes each per element.
+        model, probe: record the function-space step size: ``model`` is run on the fixed ``probe``
+            batch (a tensor, a tuple of positional arguments or a dict of keyword arguments) now,
+            at construction, and then at every ``probe_every``-th recorded step. The output must be
+            a tensor, a tuple whose first element is one, or have a ``logits`` tensor; its first
+            dimension indexes the examples. The forward runs under ``torch.no_grad()`` with every
+            module in eval mode (no dropout, BatchNorm's running statistics left alone), and each
+            module's mode is restored afterwards.
+        probe_every: the number of steps between probes (at least 1).
 
-    After :meth:`flush`, ``rows`` holds one dict per step: ``step``, ``global_std``, ``alpha``,
-    ``nonfinite``, ``coherence`` (NaN when not recorded, at the first step, and when the set of
-    eligible tensors changed since the last step) and ``std/<name>`` for every layer of that step.
+    After :meth:`flush`, ``rows`` holds one dict per step: ``step``; ``global_std``, ``alpha``,
+    ``nonfinite`` and ``std/<name>`` for every layer of that step when the step was recorded with
+    stats; ``coherence/<m>`` per lag (NaN when fewer than m steps were recorded since the set of
+    eligible tensors last changed); ``function_step`` with a probe (NaN between probes).
     ``names`` lists every layer recorded so far, in first-seen order.
     """
 
-    def __init__(self, names: Sequence[str] | None = None, coherence: bool = False) -> None:
+    def __init__(
+        self,
+        names: Sequence[str] | None = None,
+        coherence: bool | int | Iterable[int] = False,
+        *,
+        model: torch.nn.Module | None = None,
+        probe: Any = None,
+        probe_every: int = 10,
+    ) -> None:
         self.names = list(names) if names is not None else None
-        self.coherence = coherence
+        self.lags = coherence_lags(coherence)
+        if (model is None) != (probe is None):
+            raise ValueError("the function-space step size needs both a model and a probe batch")
+        if isinstance(probe_every, bool) or not isinstance(probe_every, int) or probe_every < 1:
+            raise ValueError(f"probe_every must be a positive integer, got {probe_every!r}")
+        self.probe_every = probe_every
         self.rows: list[dict[str, float]] = []
-        self._pending: list[tuple[tuple[str, ...], Tensor]] = []
-        self._previous: Tensor | None = None
-        self._previous_layout: tuple | None = None
+        self._pending: list[tuple[tuple[str, ...], Tensor]] = []  # (keys, their values on the device)
+        self._recorded = 0
+        # Coherence: a ring of max(lags) + 1 flat float32 gradient copies and their norms.
+        self._ring: Tensor | None = None
+        self._ring_norms: Tensor | None = None
+        self._ring_head = 0
+        self._ring_filled = 0
+        self._ring_layout: tuple | None = None
         self._optimizer: Any = None
         self._model: torch.nn.Module | None = None
         self._param_names: dict[int, tuple[Tensor, str]] = {}
         self._seen: set[str] = set()
+        self._probe_model = model
+        self._probe = probe
+        self._probe_outputs: Tensor | None = self._run_probe() if model is not None else None
+
+    @property
+    def coherence(self) -> bool:
+        """Whether coherence is recorded (at :attr:`lags`)."""
+        return bool(self.lags)
+
+    @property
+    def saved_bytes(self) -> int:
+        """Device memory the recorder holds between steps: the ``max(lags) + 1`` float32 gradient
+        copies of the coherence and the probe's last outputs (pending rows not counted)."""
+        held = [t for t in (self._ring, self._ring_norms, self._probe_outputs) if t is not None]
+        return sum(t.numel() * t.element_size() for t in held)
 
     @classmethod
-    def for_optimizer(cls, optimizer: Any, model: torch.nn.Module, *, coherence: bool = False) -> GradientRecorder:
+    def for_optimizer(
+        cls,
+        optimizer: Any,
+        model: torch.nn.Module,
+        *,
+        coherence: bool | int | Iterable[int] = False,
+        probe: Any = None,
+        probe_every: int = 10,
+    ) -> GradientRecorder:
         """A recorder that names each eligible tensor after its parameter in ``model``.
 
         ``optimizer`` is a :class:`~gan_kernels.GAN`, a :class:`~gan_kernels.GANAdamW`, the
@@ -72,12 +148,15 @@ class GradientRecorder:
         ``param_groups`` that have a gradient, in parameter-group order), so the names match
         ``stats.stds`` even when the set of parameters with a gradient changes between steps.
         Call :meth:`record` right after the step, before the gradients are zeroed; without
-        ``grads`` it reads the eligible gradients from the optimizer.
+        ``grads`` it reads the eligible gradients from the optimizer. For a torch optimizer
+        without GAN, call ``record()`` without stats: it records the coherence and the
+        function-space step size. With ``probe``, ``model`` is also the model probed.
 
         Raises:
             ValueError: if a parameter of the optimizer is not one of ``model``'s.
         """
-        recorder = cls(None, coherence=coherence)
+        recorder = cls(None, coherence=coherence, model=model if probe is not None else None,
+                       probe=probe, probe_every=probe_every)
         recorder.names = []
         recorder._optimizer = optimizer
         recorder._model = model
@@ -107,65 +186,142 @@ class GradientRecorder:
         return named
 
     @torch.no_grad()
-    def record(self, stats: GANStats, grads: Sequence[Tensor] | None = None) -> None:
+    def record(self, stats: GANStats | None = None, grads: Sequence[Tensor] | None = None) -> None:
         """Record one step. ``grads`` (the eligible gradients, any dtypes) are needed only for
         coherence, and a recorder from :meth:`for_optimizer` defaults them to the optimizer's; they
-        are read, never modified. No host synchronisation."""
+        are read, never modified. ``stats`` may be left out only where no GAN step produced any
+        (a plain torch optimizer): the row then holds the coherence and the function-space step
+        size alone. No host synchronisation."""
         if stats is None:
-            raise ValueError("no stats to record: record after the optimizer's step (last_stats is None before it)")
+            if self._optimizer is not None and _runs_gan(self._optimizer):
+                raise ValueError("no stats to record: record after the optimizer's step (last_stats is None before it)")
+            if not self.lags and self._probe_model is None:
+                raise ValueError("no stats to record, and neither coherence nor a probe asked for: nothing to record")
         if self._optimizer is not None:
             named = self.eligible_parameters()
             names = tuple(name for name, _ in named)
-            if len(stats.stds) != len(names):
+            if stats is not None and len(stats.stds) != len(names):
                 raise ValueError(f"stats hold {len(stats.stds)} tensors but the optimizer has {len(names)} eligible "
                                  "gradients: record right after step(), before the gradients are zeroed")
-            for name in names:
-                if name not in self._seen:
-                    self._seen.add(name)
-                    self.names.append(name)
             if grads is None:
                 grads = [p.grad for _, p in named]
+        elif stats is not None:
+            names = tuple(self.names) if self.names is not None else tuple(f"layer{i}" for i in range(len(stats.stds)))
+            if len(stats.stds) != len(names):
+                raise ValueError(f"stats hold {len(stats.stds)} tensors but the recorder names {len(names)}")
         else:
-            if self.names is None:
-                self.names = [f"layer{i}" for i in range(len(stats.stds))]
-            if len(stats.stds) != len(self.names):
-                raise ValueError(f"stats hold {len(stats.stds)} tensors but the recorder names {len(self.names)}")
-            names = tuple(self.names)
-        coherence = torch.full((), math.nan, device=stats.stds.device)
-        if self.coherence:
+            names = tuple(self.names) if self.names is not None else tuple(f"layer{i}" for i in range(len(grads or ())))
+        if self.lags:
             if grads is None:
-                raise ValueError("coherence=True: pass the eligible gradients to record()")
+                raise ValueError("coherence needs the eligible gradients: pass the eligible gradients to record(stats, grads)")
             grads = list(grads)
             if len(grads) != len(names):
-                raise ValueError(f"stats hold {len(names)} tensors but {len(grads)} gradients were given")
-            layout = (names, tuple(g.shape for g in grads))
-            current = torch.cat([g.detach().reshape(-1).float() for g in grads]) if grads else stats.stds.new_zeros(0)
-            if self._previous is not None and self._previous_layout == layout:
-                denominator = torch.linalg.vector_norm(current) * torch.linalg.vector_norm(self._previous)
-                coherence = torch.dot(current, self._previous) / denominator
-            self._previous, self._previous_layout = current, layout
-        scalars = torch.stack([
-            stats.global_std.float(), stats.alpha.float(), stats.nonfinite.float(), coherence.float(),
-        ])
-        self._pending.append((names, torch.cat([scalars, stats.stds.float()])))
+                raise ValueError(f"{len(names)} eligible tensors are named but {len(grads)} gradients were given")
+        # Checked: from here on the recorder changes. The probe first, as it may still refuse.
+        function_step = self._function_step(self._recorded + 1) if self._probe_model is not None else None
+        self._recorded += 1
+        if self._optimizer is not None:
+            self.names += [name for name in names if name not in self._seen]
+            self._seen.update(names)
+        elif self.names is None and names:
+            self.names = list(names)
+        keys: list[str] = []
+        values: list[Tensor] = []
+        if stats is not None:
+            keys += _STATS_KEYS
+            values += [stats.global_std.float().reshape(1), stats.alpha.float().reshape(1), stats.nonfinite.float().reshape(1)]
+        if self.lags:
+            keys += [f"coherence/{m}" for m in self.lags]
+            values.append(self._coherence(names, grads, stats))
+        if function_step is not None:
+            keys.append("function_step")
+            values.append(function_step)
+        if stats is not None:
+            keys += [f"std/{name}" for name in names]
+            values.append(stats.stds.float())
+        device = values[0].device
+        self._pending.append((tuple(keys), torch.cat([v.to(device) for v in values])))
+
+    def _coherence(self, names: tuple[str, ...], grads: list[Tensor], stats: GANStats | None) -> Tensor:
+        """cos(g_t, g_{t-m}) for every lag m (NaN where g_{t-m} is not held), then g_t saved."""
+        device = stats.stds.device if stats is not None else (grads[0].device if grads else torch.device("cpu"))
+        layout = (names, tuple(g.shape for g in grads))
+        size = sum(g.numel() for g in grads)
+        slots = self.lags[-1] + 1
+        if self._ring_layout != layout:
+            if self._ring is None or self._ring.shape[1] != size or self._ring.device != device:
+                self._ring = torch.empty(slots, size, device=device)
+                self._ring_norms = torch.empty(slots, device=device)
+            self._ring_head = self._ring_filled = 0
+            self._ring_layout = layout
+        current = self._ring[self._ring_head]
+        if grads:
+            torch.cat([g.detach().reshape(-1).float() for g in grads], out=current)
+        norm = torch.linalg.vector_norm(current)
+        self._ring_norms[self._ring_head] = norm
+        cosines = []
+        for m in self.lags:
+            if m > self._ring_filled:
+                cosines.append(torch.full((), math.nan, device=device))
+                continue
+            slot = (self._ring_head - m) % slots
+            cosines.append(torch.dot(current, self._ring[slot]) / (norm * self._ring_norms[slot]))
+        self._ring_head = (self._ring_head + 1) % slots
+        self._ring_filled = min(self._ring_filled + 1, slots - 1)
+        return torch.stack(cosines)
+
+    def _run_probe(self) -> Tensor:
+        """The model's outputs on the probe batch, as float32 rows (one per example)."""
+        model, probe = self._probe_model, self._probe
+        modes = [(module, module.training) for module in model.modules()]
+        model.eval()
+        try:
+            with torch.no_grad():
+                if isinstance(probe, dict):
+                    output = model(**probe)
+                elif isinstance(probe, tuple):
+                    output = model(*probe)
+                else:
+                    output = model(probe)
+        finally:
+            for module, training in modes:
+                module.training = training
+        if not isinstance(output, Tensor):
+            logits = output.get("logits") if hasattr(output, "get") else getattr(output, "logits", None)
+            if isinstance(logits, Tensor):
+                output = logits
+            elif isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+                output = output[0]
+            else:
+                raise TypeError(f"the probe's output is a {type(output).__name__}: a tensor, a tuple starting with "
+                                "one or an output with a 'logits' tensor is needed")
+        output = output.detach().float()
+        return output.reshape(output.shape[0], -1) if output.dim() > 0 else output.reshape(1, 1)
+
+    def _function_step(self, step: int) -> Tensor:
+        """RMS over the probe examples of ||f_t(x) - f_{t-N}(x)||, at every N-th step; else NaN."""
+        if step % self.probe_every:
+            return torch.full((1,), math.nan, device=self._probe_outputs.device)
+        outputs = self._run_probe()
+        if outputs.shape != self._probe_outputs.shape:
+            raise ValueError(f"the probe's output changed shape from {tuple(self._probe_outputs.shape)} "
+                             f"to {tuple(outputs.shape)}")
+        distance = torch.linalg.vector_norm(outputs - self._probe_outputs) / math.sqrt(outputs.shape[0])
+        self._probe_outputs = outputs
+        return distance.reshape(1)
 
     def flush(self) -> list[dict[str, float]]:
         """Move every pending step to the host (one transfer) and return all rows so far."""
         if self._pending:
             values = torch.cat([v for _, v in self._pending]).cpu().tolist()
             start = 0
-            for names, _ in self._pending:
-                global_std, alpha, nonfinite, coherence = values[start:start + len(_SCALARS)]
-                stds = values[start + len(_SCALARS):start + len(_SCALARS) + len(names)]
-                start += len(_SCALARS) + len(names)
-                self.rows.append({
-                    "step": len(self.rows) + 1,
-                    "global_std": global_std,
-                    "alpha": alpha,
-                    "nonfinite": bool(nonfinite),
-                    "coherence": coherence,
-                    **{f"std/{name}": std for name, std in zip(names, stds)},
-                })
+            for keys, _ in self._pending:
+                row: dict[str, Any] = {"step": len(self.rows) + 1}
+                row.update(zip(keys, values[start:start + len(keys)]))
+                start += len(keys)
+                if "nonfinite" in row:
+                    row["nonfinite"] = bool(row["nonfinite"])
+                self.rows.append(row)
             self._pending.clear()
         return self.rows
 
@@ -222,6 +378,17 @@ def _params(optimizer: Any) -> list[Tensor]:
     if groups is None:
         raise TypeError(f"{type(optimizer).__name__} has no param_groups (nor an optimizer holding them)")
     return [p for group in groups for p in group["params"]]
+
+
+def _runs_gan(optimizer: Any) -> bool:
+    """Whether ``optimizer``'s steps run GAN (and so produce stats): a GAN, a GANAdamW, an
+    Attachment, or a torch optimizer GAN is attached to."""
+    if hasattr(type(optimizer), "last_stats") or hasattr(optimizer, "last_stats"):
+        return True
+    try:
+        return _attached.get(optimizer) is not None
+    except TypeError:  # not weak-referenceable: nothing can be attached to it
+        return False
 
 
 def _eligible_rule(optimizer: Any) -> Callable[[Tensor], bool]:

@@ -177,3 +177,33 @@ def test_augment_cpu_generator_on_cuda_matches_cpu():
     cpu = data.augment(batch, torch.Generator().manual_seed(0))
     cuda = data.augment(batch.cuda(), torch.Generator().manual_seed(0))
     assert torch.equal(cuda.cpu(), cpu)
+
+
+@pytest.mark.parametrize("sigma", [0.7, 2.0, 4.0])
+def test_gaussian_blur_is_scipys_gaussian_filter_with_mirrored_borders(sigma):
+    """The same Gaussian, truncated at 3 sigma, with borders reflected about the edge pixel (what
+    scipy calls "mirror"), over height and width only."""
+    ndimage = pytest.importorskip("scipy.ndimage")
+    batch = torch.randn(3, 2, 32, 30, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = ndimage.gaussian_filter(batch.numpy(), sigma=(0, 0, sigma, sigma), mode="mirror", truncate=3.0)
+    blurred = data.gaussian_blur(batch, sigma)
+    assert blurred.shape == batch.shape and blurred.dtype == batch.dtype
+    np.testing.assert_allclose(blurred.numpy(), expected, rtol=0, atol=1e-12)
+
+
+def test_gaussian_blur_keeps_uniform_images_and_the_deficit_scale():
+    assert data.deficit_sigma(16) == 2.0 and data.deficit_sigma(32) == 4.0
+    uniform = torch.full((2, 3, 16, 16), 0.25)
+    assert torch.allclose(data.gaussian_blur(uniform, 2.0), uniform, atol=1e-7)
+    images = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    assert data.gaussian_blur(images, 2.0).std() < 0.5 * images.std()  # detail is erased
+
+
+@pytest.mark.parametrize("batch,sigma,message", [
+    (torch.zeros(16, 16), 1.0, "expects an"),
+    (torch.zeros(1, 1, 16, 16), 0.0, "sigma > 0"),
+    (torch.zeros(1, 1, 16, 16), 6.0, "too large"),
+])
+def test_gaussian_blur_bad_input(batch, sigma, message):
+    with pytest.raises(ValueError, match=message):
+        data.gaussian_blur(batch, sigma)

@@ -1,3 +1,4 @@
+import copy
 import csv
 import json
 import math
@@ -32,10 +33,10 @@ def test_rows_are_the_reference_stats_with_coherence(tmp_path):
         assert row["nonfinite"] is False
         for name, std in zip(["conv", "fc", "vec"], stats.stds.tolist()):
             assert row[f"std/{name}"] == pytest.approx(std, rel=1e-6)
-    assert math.isnan(rows[0]["coherence"])
+    assert math.isnan(rows[0]["coherence/1"])
     for row, (previous, current) in zip(rows[1:], zip(seen, seen[1:])):
         cosine = (previous @ current / (previous.norm() * current.norm())).item()
-        assert row["coherence"] == pytest.approx(cosine, abs=1e-5)
+        assert row["coherence/1"] == pytest.approx(cosine, abs=1e-5)
 
     recorder.write_csv(tmp_path / "g.csv")
     with open(tmp_path / "g.csv") as f:
@@ -56,13 +57,13 @@ def test_record_does_not_touch_gradients_and_flushes_incrementally():
     recorder.record(reference.gan_(clone_all(grads)), grads)
     rows = recorder.flush()
     assert len(rows) == 2 and recorder.names == ["layer0", "layer1", "layer2"]
-    assert rows[1]["coherence"] == pytest.approx(1.0, abs=1e-6)
+    assert rows[1]["coherence/1"] == pytest.approx(1.0, abs=1e-6)
 
 
 def test_without_coherence_no_gradients_needed():
     recorder = GradientRecorder()
     recorder.record(reference.gan_(steps(1)[0]))
-    assert math.isnan(recorder.flush()[0]["coherence"])
+    assert not any(key.startswith(("coherence", "function_step")) for key in recorder.flush()[0])
 
 
 def test_bad_use():
@@ -114,11 +115,12 @@ def test_for_optimizer_names_the_eligible_parameters_of_gan(tmp_path):
     assert len(chosen) == 2 and chosen[0] is model[0].weight and chosen[1] is model[2].weight
     rows = recorder.flush()
     assert [row["step"] for row in rows] == [1, 2, 3]
-    assert math.isnan(rows[0]["coherence"]) and not math.isnan(rows[2]["coherence"])
+    assert math.isnan(rows[0]["coherence/1"]) and not math.isnan(rows[2]["coherence/1"])
     assert rows[2]["std/2.weight"] == pytest.approx(opt.last_stats.stds[1].item())
     recorder.write_csv(tmp_path / "g.csv")
     header = (tmp_path / "g.csv").read_text().splitlines()[0].split(",")
-    assert header == ["step", "global_std", "alpha", "nonfinite", "coherence", "std/0.weight", "std/2.weight"]
+    assert header == ["step", "global_std", "alpha", "nonfinite", "coherence/1", "coherence/5",
+                      "std/0.weight", "std/2.weight"]
 
     # The gradients default to the optimizer's eligible ones: the same rows as passing them.
     model_b = tiny_model()
@@ -182,7 +184,7 @@ def test_parameters_without_a_gradient_are_named_by_step(tmp_path):
     assert [sorted(k for k in row if k.startswith("std/")) for row in rows] == [
         ["std/body.weight", "std/left.weight"]] * 2 + [["std/body.weight", "std/right.weight"]] * 2
     assert rows[3]["std/right.weight"] == pytest.approx(opt.last_stats.stds[1].item())
-    coherence = [row["coherence"] for row in rows]
+    coherence = [row["coherence/1"] for row in rows]
     assert math.isnan(coherence[0]) and math.isnan(coherence[2])
     assert not math.isnan(coherence[1]) and not math.isnan(coherence[3])
     left = recorder.column("std/left.weight")
@@ -194,7 +196,7 @@ def test_parameters_without_a_gradient_are_named_by_step(tmp_path):
     with open(tmp_path / "g.csv") as f:
         reader = csv.DictReader(f)
         written = list(reader)
-    assert reader.fieldnames == ["step", "global_std", "alpha", "nonfinite", "coherence",
+    assert reader.fieldnames == ["step", "global_std", "alpha", "nonfinite", "coherence/1", "coherence/5",
                                  "std/body.weight", "std/left.weight", "std/right.weight"]
     assert written[0]["std/right.weight"] == "" and written[3]["std/left.weight"] == ""
     assert float(written[3]["std/right.weight"]) == pytest.approx(rows[3]["std/right.weight"])
@@ -221,7 +223,7 @@ def test_record_does_not_read_values_on_the_host(monkeypatch):
     """Recording only queues device work: nothing per step reads a tensor's value on the host."""
     model = tiny_model()
     opt = GAN(torch.optim.AdamW(model.parameters(), lr=1e-3))
-    recorder = GradientRecorder.for_optimizer(opt, model, coherence=True)
+    recorder = GradientRecorder.for_optimizer(opt, model, coherence=True, probe=torch.randn(5, 4), probe_every=1)
     backward(model, 0)
     opt.step()
 
@@ -233,4 +235,177 @@ def test_record_does_not_read_values_on_the_host(monkeypatch):
             patch.setattr(torch.Tensor, name, host_read)
         recorder.record(opt.last_stats)
         recorder.record(opt.last_stats)
-    assert len(recorder.flush()) == 2
+    rows = recorder.flush()
+    assert len(rows) == 2 and math.isfinite(rows[1]["coherence/1"]) and math.isfinite(rows[1]["function_step"])
+
+
+def cosine(a, b):
+    return (a @ b / (a.norm() * b.norm())).item()
+
+
+def test_coherence_at_any_lags_against_float64_and_restarts_when_the_layout_changes():
+    """cos(g_t, g_{t-m}) for m in {1, 3}, computed in float64 from copies of what was recorded; a
+    step with other shapes starts the history again; the ring holds max(lags) + 1 copies."""
+    recorder = GradientRecorder(["conv", "fc", "vec"], coherence=[3, 1, 3])
+    assert recorder.lags == (1, 3)
+    history = []
+    for grads in steps(7):
+        recorder.record(reference.gan_(grads), grads)
+        history.append(torch.cat([g.double().flatten() for g in grads]))
+    other = [torch.randn(5, 5), torch.randn(3), torch.randn(4, 2)]  # same names, other shapes
+    recorder.record(reference.gan_(clone_all(other)), other)
+    rows = recorder.flush()
+    for t, row in enumerate(rows[:7]):
+        for m in (1, 3):
+            if t < m:
+                assert math.isnan(row[f"coherence/{m}"]), (t, m)
+            else:
+                assert row[f"coherence/{m}"] == pytest.approx(cosine(history[t], history[t - m]), abs=2e-6), (t, m)
+    assert math.isnan(rows[7]["coherence/1"]) and math.isnan(rows[7]["coherence/3"])
+    elements = sum(g.numel() for g in other)
+    assert recorder.saved_bytes == 4 * (3 + 1) * elements + 4 * (3 + 1)
+
+
+@pytest.mark.parametrize("coherence,lags", [(True, (1, 5)), (False, ()), ([], ()), (2, (2,)), ((5, 1), (1, 5))])
+def test_coherence_argument(coherence, lags):
+    recorder = GradientRecorder(coherence=coherence)
+    assert recorder.lags == lags and recorder.coherence == bool(lags)
+    grads = steps(1)[0]
+    recorder.record(reference.gan_(clone_all(grads)), grads)
+    assert [key for key in recorder.flush()[0] if key.startswith("coherence")] == [f"coherence/{m}" for m in lags]
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"coherence": 0}, "positive integers"),
+    ({"coherence": [1, -5]}, "positive integers"),
+    ({"coherence": 2.0}, "positive integers"),
+    ({"coherence": "5"}, "positive integers"),
+    ({"coherence": [1.5]}, "positive integers"),
+    ({"probe_every": 0, "model": torch.nn.Identity(), "probe": torch.ones(1)}, "probe_every"),
+    ({"model": torch.nn.Identity()}, "both a model and a probe"),
+    ({"probe": torch.ones(1)}, "both a model and a probe"),
+])
+def test_bad_telemetry_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        GradientRecorder(**kwargs)
+
+
+class Probed(torch.nn.Module):
+    """Linear, BatchNorm and dropout: a probe must not change the running statistics, nor drop."""
+
+    def __init__(self, output="tensor"):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(),
+                                        torch.nn.Dropout(0.5), torch.nn.Linear(8, 3))
+        self.output = output
+
+    def forward(self, x):
+        y = self.body(x)
+        return {"tensor": y, "tuple": (y, x), "logits": {"logits": y, "other": x}}[self.output]
+
+
+def eval_outputs(model, probe):
+    """The model's outputs on the probe, in eval mode, on a copy (nothing of the model touched)."""
+    twin = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        return twin.body(probe).double()
+
+
+@pytest.mark.parametrize("output", ["tensor", "tuple", "logits"])
+def test_function_step_is_the_rms_output_distance_between_probes(output):
+    model = Probed(output)
+    probe = torch.randn(10, 4, generator=torch.Generator().manual_seed(1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    snapshots = [eval_outputs(model, probe)]
+    recorder = GradientRecorder.for_optimizer(opt, model, probe=probe, probe_every=2)
+    model.body[3].eval()  # a submodule the user put in eval mode stays so
+    for s in range(5):
+        opt.zero_grad()
+        model.body(torch.randn(16, 4, generator=torch.Generator().manual_seed(s))).square().mean().backward()
+        opt.step()
+        running = model.body[1].running_mean.clone()
+        recorder.record()
+        assert torch.equal(model.body[1].running_mean, running)
+        assert model.training and model.body[1].training and not model.body[3].training
+        if (s + 1) % 2 == 0:
+            snapshots.append(eval_outputs(model, probe))
+    rows = recorder.flush()
+    values = [row["function_step"] for row in rows]
+    assert math.isnan(values[0]) and math.isnan(values[2]) and math.isnan(values[4])
+    for index, (before, after) in zip((1, 3), zip(snapshots, snapshots[1:])):
+        expected = ((after - before).square().sum(1).mean().sqrt()).item()
+        assert expected > 0 and values[index] == pytest.approx(expected, rel=1e-5)
+    assert recorder.saved_bytes == 10 * 3 * 4
+    assert "global_std" not in rows[0] and "coherence/1" not in rows[0]
+
+
+def test_function_step_with_gan_and_every_step(tmp_path):
+    model = Probed()
+    probe = torch.randn(6, 4)
+    before = eval_outputs(model, probe)
+    opt = GAN(torch.optim.AdamW(model.parameters(), lr=1e-2))
+    recorder = GradientRecorder.for_optimizer(opt, model, coherence=True, probe=probe, probe_every=1)
+    train(model, opt, recorder, steps=1)
+    row = recorder.flush()[0]
+    expected = (eval_outputs(model, probe) - before).square().sum(1).mean().sqrt().item()
+    assert row["function_step"] == pytest.approx(expected, rel=1e-5) and math.isfinite(row["alpha"])
+    recorder.write_csv(tmp_path / "g.csv")
+    header = (tmp_path / "g.csv").read_text().splitlines()[0].split(",")
+    assert header[:7] == ["step", "global_std", "alpha", "nonfinite", "coherence/1", "coherence/5", "function_step"]
+    recorder.write_json(tmp_path / "g.json")
+    assert json.loads((tmp_path / "g.json").read_text())[0]["function_step"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_plain_optimizer_records_coherence_and_function_step_without_stats():
+    model = tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    recorder = GradientRecorder.for_optimizer(opt, model, coherence=1, probe=torch.randn(5, 4))
+    seen = []
+    for s in range(3):
+        opt.zero_grad()
+        backward(model, s)
+        opt.step()
+        recorder.record()
+        seen.append(torch.cat([model[0].weight.grad.double().flatten(), model[2].weight.grad.double().flatten()]))
+    rows = recorder.flush()
+    assert recorder.names == ["0.weight", "2.weight"]
+    assert rows[2]["coherence/1"] == pytest.approx(cosine(seen[2], seen[1]), abs=2e-6)
+    assert list(rows[0]) == ["step", "coherence/1", "function_step"]
+
+    plain = GradientRecorder(coherence=True)
+    plain.record(None, [torch.randn(3, 3)])
+    assert plain.flush()[0]["step"] == 1
+    probed = GradientRecorder(model=model, probe=torch.randn(5, 4), probe_every=1)
+    probed.record()  # the function-space step alone needs no gradients
+    assert list(probed.flush()[0]) == ["step", "function_step"]
+    with pytest.raises(ValueError, match="nothing to record"):
+        GradientRecorder().record()
+    with pytest.raises(ValueError, match="needs the eligible gradients"):
+        GradientRecorder(coherence=True).record()
+    gan = GAN(torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match="record after the optimizer's step"):
+        GradientRecorder.for_optimizer(gan, model, coherence=True).record()
+
+
+def test_a_probe_output_without_a_tensor_is_refused():
+    class Words(torch.nn.Module):
+        def forward(self, x):
+            return "words"
+
+    with pytest.raises(TypeError, match="probe's output is a str"):
+        GradientRecorder(model=Words(), probe=torch.ones(1))
+
+
+def test_a_refused_record_changes_nothing():
+    recorder = GradientRecorder(coherence=True, model=torch.nn.Linear(4, 2), probe=torch.randn(3, 4), probe_every=1)
+    grads = steps(2)
+    recorder.record(reference.gan_(clone_all(grads[0])), grads[0])
+    with pytest.raises(ValueError, match="3 eligible tensors are named but 2 gradients were given"):
+        recorder.record(reference.gan_(clone_all(grads[1])), grads[1][:2])
+    assert recorder.names == ["layer0", "layer1", "layer2"] and len(recorder.flush()) == 1
+    recorder.record(reference.gan_(clone_all(grads[1])), grads[1])
+    rows = recorder.flush()
+    expected = cosine(*(torch.cat([g.double().flatten() for g in step]) for step in grads))
+    assert [row["step"] for row in rows] == [1, 2] and rows[1]["coherence/1"] == pytest.approx(expected, abs=2e-6)
+    assert rows[1]["function_step"] == 0.0  # probed at both steps, the model unchanged
