@@ -42,3 +42,20 @@ def test_the_readme_rule_example_runs_and_says_what_it_says():
     exec(compile(readme_block("def sqrt_rule"), "README.md", "exec"), namespace)
     stats = namespace["opt"].last_stats
     assert stats.alpha.item() == pytest.approx(stats.global_std.clamp(max=1).sqrt().item(), rel=1e-6)
+
+
+def test_every_public_name_is_in_the_api_reference():
+    import gan_kernels
+    from gan_kernels import telemetry
+
+    api = (ROOT / "docs" / "api.md").read_text()
+    for name in [*gan_kernels.__all__, "GradientRecorder", "DEFAULT_LAGS", "saved_bytes"]:
+        assert re.search(rf"\b{name}\b", api), f"docs/api.md does not mention {name}"
+    assert telemetry.DEFAULT_LAGS == (1, 5) and "m = 1 and 5" in api
+
+
+def test_the_readme_shows_the_committed_study_table():
+    table = (ROOT / "docs" / "critical-period" / "table.md").read_text().strip()
+    readme = (ROOT / "README.md").read_text()
+    assert table in readme, "README.md's critical-period table differs from docs/critical-period/table.md"
+    assert "python examples/critical_period.py --out docs/critical-period" in readme

@@ -33,4 +33,5 @@ def test_the_telemetry_snippet_runs_as_written(tmp_path, monkeypatch):
         rows = list(reader)
     assert rows and any(name.startswith("std/") for name in reader.fieldnames)
     assert "step" in reader.fieldnames and "alpha" in reader.fieldnames
+    assert {"coherence/1", "coherence/5", "function_step"} <= set(reader.fieldnames)
     assert math.isfinite(float(rows[-1]["alpha"]))
