@@ -309,3 +309,33 @@ def test_ganadamw_training_step_in_a_cuda_graph():
     for a, b in zip(model.parameters(), twin.parameters()):
         assert torch.equal(a, b)
     assert torch.equal(opt.gan_state.step, twin_opt.gan_state.step)
+
+
+def test_recording_coherence_and_the_function_step_has_no_host_sync():
+    from gan_kernels.telemetry import GradientRecorder
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.BatchNorm1d(64), torch.nn.ReLU(),
+                                torch.nn.Linear(64, 8)).cuda()
+    opt = GAN(torch.optim.AdamW(model.parameters(), lr=1e-3, capturable=True))
+    recorder = GradientRecorder.for_optimizer(opt, model, coherence=True, probe=torch.randn(16, 64, device="cuda"),
+                                              probe_every=2)
+    x = torch.randn(32, 64, device="cuda")
+
+    def train_step():
+        opt.zero_grad(set_to_none=False)
+        model(x).square().mean().backward()
+        opt.step()
+        recorder.record(opt.last_stats)
+
+    train_step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(6):
+            train_step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    rows = recorder.flush()
+    assert len(rows) == 7 and all(row["coherence/1"] == row["coherence/1"] for row in rows[1:])
+    assert rows[5]["coherence/5"] == rows[5]["coherence/5"] and rows[5]["function_step"] > 0
