@@ -114,6 +114,12 @@ class AdaFom(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        for group in self.param_groups:  # checked first: a refused step changes no parameter
+            for p in group["params"]:
+                if p.grad is not None and p.grad.is_sparse:
+                    raise RuntimeError("AdaFom does not support sparse gradients")
+                if p.grad is not None and torch.is_complex(p):
+                    raise RuntimeError("AdaFom does not support complex parameters")
         for group in self.param_groups:
             lr = _lr_value(group["lr"])
             beta1, eps, weight_decay = group["beta1"], group["eps"], group["weight_decay"]
@@ -121,10 +127,6 @@ class AdaFom(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 grad = p.grad
-                if grad.is_sparse:
-                    raise RuntimeError("AdaFom does not support sparse gradients")
-                if torch.is_complex(p):
-                    raise RuntimeError("AdaFom does not support complex parameters")
                 if group["maximize"]:
                     grad = -grad  # a new tensor: p.grad keeps the gradient as computed
                 state = self._state(p)

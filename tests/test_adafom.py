@@ -224,6 +224,17 @@ def test_complex_parameters_raise():
         opt.step()
 
 
+def test_a_refused_step_changes_nothing():
+    """A bad parameter late in the list is found before any earlier parameter moves."""
+    good = torch.ones(3, requires_grad=True)
+    bad = torch.zeros(3, dtype=torch.complex64, requires_grad=True)
+    opt = AdaFom([good, bad], lr=0.1)
+    good.grad, bad.grad = torch.ones(3), torch.ones_like(bad)
+    with pytest.raises(RuntimeError, match="complex"):
+        opt.step()
+    assert torch.equal(good, torch.ones(3)) and not opt.state
+
+
 def test_closure_runs_with_grad_enabled_and_its_loss_is_returned():
     model = make_model()
     opt = AdaFom(model.parameters(), lr=1e-2)
