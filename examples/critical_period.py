@@ -4,18 +4,20 @@
     python examples/critical_period.py --out docs/critical-period   # regenerate the README's study
 
 Each method is trained with examples/train.py's recipe (by default ResNet-20 on the embedded
-digits, 15 epochs, cosine learning rate; ``--model``, ``--dataset`` and ``--data-dir`` as there) three ways: without a deficit, with an *early* deficit (training
-inputs blurred during epochs 1 to 5) and with a *late* one (epochs 6 to 10), each from several
-seeds (the seed also draws the train/test split). The blur is the demo's: a Gaussian of std
-side/8 pixels; the test images are never blurred. A deficit hurts the most where training is most
-sensitive to it, so comparing the final accuracies after an early and a late deficit shows whether
-there is a critical period, and comparing methods shows whether the gradient transform changes it.
+digits, 15 epochs, cosine learning rate; ``--model``, ``--dataset`` and ``--data-dir`` as there)
+three ways: without a deficit, with an *early* deficit (training inputs blurred during epochs 1
+to 5, ``--early``) and with a *late* one (epochs 6 to 10, ``--late``), each from several seeds
+(on the digits the seed also draws the train/test split). The blur is the demo's: a Gaussian of
+std side/8 pixels; the test images are never blurred. A deficit hurts the most where training is
+most sensitive to it, so comparing the final accuracies after an early and a late deficit shows
+whether there is a critical period, and comparing methods shows whether the gradient transform
+changes it.
 
 ``--out`` receives ``study.json`` (every run's final accuracy, per-epoch test accuracy and
-per-step coherence and function-space step size, to 4 significant digits), ``table.md`` (final test accuracy, mean and
-spread over the seeds, per method and deficit) and ``critical_period.png`` (seed-averaged test
-accuracy and coherence at lags 1 and 5, one column per deficit). Bad input ends with a one-line
-error and nothing written.
+per-step coherence and function-space step size, the last two to 4 significant digits),
+``table.md`` (final test accuracy, mean and spread over the seeds, per method and deficit) and
+``critical_period.png`` (seed-averaged test accuracy and coherence at lags 1 and 5, one column
+per deficit). Bad input ends with a one-line error and nothing written.
 """
 
 from __future__ import annotations
