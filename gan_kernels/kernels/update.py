@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from .apply import transform
+from .tiles import tile_position
 
 # Columns of the hyper-parameter table, one row per parameter group (float64), and the bits of its
 # flags column.
@@ -114,10 +115,7 @@ def adamw_update_kernel(
     BLOCK: tl.constexpr,
 ):
     if tl.load(nonfinite) == 0:
-        tile = tl.program_id(0).to(tl.int64)
-        t = tl.load(tile_tensor + tile)
-        start = (tile - tl.load(first_tile + t)) * BLOCK
-        n = tl.load(numels + t)
+        t, start, n = tile_position(numels, first_tile, tile_tensor, BLOCK)
         row = hyper + tl.load(group + t) * COLUMNS
         lr = tl.load(row + LR)
         beta1 = tl.load(row + BETA1)
