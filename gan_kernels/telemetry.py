@@ -380,15 +380,18 @@ def _params(optimizer: Any) -> list[Tensor]:
     return [p for group in groups for p in group["params"]]
 
 
+def _attachment(optimizer: Any) -> Any:
+    """The Attachment of the GAN attached to ``optimizer``, or None."""
+    try:
+        return _attached.get(optimizer)
+    except TypeError:  # not weak-referenceable: nothing can be attached to it
+        return None
+
+
 def _runs_gan(optimizer: Any) -> bool:
     """Whether ``optimizer``'s steps run GAN (and so produce stats): a GAN, a GANAdamW, an
     Attachment, or a torch optimizer GAN is attached to."""
-    if hasattr(type(optimizer), "last_stats") or hasattr(optimizer, "last_stats"):
-        return True
-    try:
-        return _attached.get(optimizer) is not None
-    except TypeError:  # not weak-referenceable: nothing can be attached to it
-        return False
+    return hasattr(optimizer, "last_stats") or _attachment(optimizer) is not None
 
 
 def _eligible_rule(optimizer: Any) -> Callable[[Tensor], bool]:
@@ -397,8 +400,5 @@ def _eligible_rule(optimizer: Any) -> Callable[[Tensor], bool]:
     eligible = getattr(optimizer, "eligible", None)
     if callable(eligible):
         return eligible
-    try:
-        attachment = _attached.get(optimizer)
-    except TypeError:  # not weak-referenceable: nothing can be attached to it
-        attachment = None
+    attachment = _attachment(optimizer)
     return attachment.eligible if attachment is not None else default_eligible
