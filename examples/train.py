@@ -213,8 +213,9 @@ def train_method(method, args, images, augmented, device):
     x_test, y_test = images.test_x.to(device), images.test_y.to(device)
     lags = () if args.no_coherence else DEFAULT_LAGS
     probe = {"probe": x_test[:PROBE_SIZE], "probe_every": args.probe_every} if args.probe_every else {}
+    with_stats = runs_gan(method)  # the steps produce GAN's statistics
     recorder = None
-    if runs_gan(method) or lags or probe:
+    if with_stats or lags or probe:
         recorder = GradientRecorder.for_optimizer(opt, model, coherence=lags, **probe)
     deficit = deficit_epochs(args.deficit_epochs, args.epochs)
     sigma = data.deficit_sigma(x_train.shape[-1])
@@ -237,14 +238,14 @@ def train_method(method, args, images, augmented, device):
                 loss.backward()
                 opt.step()
                 if recorder is not None:
-                    recorder.record(opt.last_stats if runs_gan(method) else None)
+                    recorder.record(opt.last_stats if with_stats else None)
                 total += loss.detach() * len(batch)
                 bar.update()
             scheduler.step()
             curves["loss"].append(total.item() / len(y_train))
             curves["test_accuracy"].append(accuracy(model, x_test, y_test))
             line = f"{method:>10}  epoch {epoch:3d}  loss {curves['loss'][-1]:.4f}  test acc {curves['test_accuracy'][-1]:.4f}"
-            if recorder is not None and runs_gan(method):
+            if recorder is not None and with_stats:
                 row = recorder.flush()[-1]
                 line += f"  alpha {row['alpha']:.3g}  global grad std {row['global_std']:.3g}"
             if epoch in deficit:
