@@ -6,7 +6,7 @@ import statistics
 
 import pytest
 
-from tests.helpers import load_example
+from tests.helpers import load_example, tiny_digits
 
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
@@ -15,15 +15,7 @@ pytest.importorskip("matplotlib")
 def tiny_study(monkeypatch):
     """The study on 96 training and 40 test digits: two steps an epoch."""
     study = load_example("critical_period")
-    load_digits_images = study.train.data.load_digits_images
-
-    def tiny(size, seed):
-        images = load_digits_images(size, seed)
-        images.train_x, images.train_y = images.train_x[:96], images.train_y[:96]
-        images.test_x, images.test_y = images.test_x[:40], images.test_y[:40]
-        return images
-
-    monkeypatch.setattr(study.train.data, "load_digits_images", tiny)
+    tiny_digits(study.train, monkeypatch)
     return study
 
 

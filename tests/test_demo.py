@@ -8,7 +8,7 @@ import torch
 
 from gan_kernels import GANState, reference
 from gan_kernels.telemetry import GradientRecorder
-from tests.helpers import load_example
+from tests.helpers import load_example, tiny_digits
 
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
@@ -44,19 +44,6 @@ def test_one_epoch_writes_metrics_figure_and_gradient_logs(tmp_path, capsys):
     assert (out / "dynamics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     written = [out / "metrics.json", out / "gradients_adamw.csv", out / "gradients_gan.csv", out / "dynamics.png"]
     assert wrote(printed, written) and sorted(out.iterdir()) == sorted(written)
-
-
-def tiny_digits(demo, monkeypatch):
-    """The demo on 96 training and 40 test digits: two steps an epoch at --batch-size 48."""
-    load_digits_images = demo.data.load_digits_images
-
-    def tiny(size, seed):
-        images = load_digits_images(size, seed)
-        images.train_x, images.train_y = images.train_x[:96], images.train_y[:96]
-        images.test_x, images.test_y = images.test_x[:40], images.test_y[:40]
-        return images
-
-    monkeypatch.setattr(demo.data, "load_digits_images", tiny)
 
 
 @pytest.mark.parametrize(
