@@ -16,6 +16,8 @@ from benchmarks.common import DTYPES, IMPLEMENTATIONS, available, elements, make
 from benchmarks.shapes import SETS
 from gan_kernels import GANState
 
+# On a machine with CUDA these tests run on CUDA tensors: the GPU check runs them (pytest -m gpu).
+pytestmark = pytest.mark.gpu
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 

@@ -14,6 +14,8 @@ from gan_kernels.kernels import launch
 from gan_kernels.kernels.layout import tile_elements, update_tile_elements
 from tests.helpers import OUTPUT_RTOL, bits
 
+# On a machine with CUDA these tests run on CUDA tensors: the GPU check runs them (pytest -m gpu).
+pytestmark = pytest.mark.gpu
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = ["torch", "triton"]
 UPDATE_TILE = update_tile_elements(torch.float32)

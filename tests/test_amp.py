@@ -10,6 +10,8 @@ from torch import nn
 from gan_kernels import GAN, GANState, gan_
 from tests.helpers import assert_outputs_close, exact_evaluation
 
+# On a machine with CUDA these tests run on CUDA tensors: the GPU check runs them (pytest -m gpu).
+pytestmark = pytest.mark.gpu
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 

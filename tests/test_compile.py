@@ -94,6 +94,7 @@ def test_eager_calls_skip_the_operator():
     assert not any("gan_kernels" in name for name in ops.names)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_state_on_another_device_under_compile_is_named():
     compiled = torch.compile(lambda g, s: gan_(g, s).alpha, fullgraph=True)

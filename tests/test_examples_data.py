@@ -171,6 +171,7 @@ def test_augment_rejects_non_image_batch():
         data.augment(torch.zeros(3, 32, 32), torch.Generator())
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_augment_cpu_generator_on_cuda_matches_cpu():
     batch = torch.randn(8, 3, 32, 32)

@@ -32,6 +32,8 @@ from tests.helpers import (  # noqa: E402
     random_grads,
 )
 
+# On a machine with CUDA these tests run on CUDA tensors: the GPU check runs them (pytest -m gpu).
+pytestmark = pytest.mark.gpu
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # Compiled kernels round float32 to bfloat16 to nearest; Triton's interpreter truncates.
 ROUNDING = "nearest" if DEVICE == "cuda" else "truncate"

@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 from gan_kernels import GAN, GANState, gan_  # noqa: E402
 from tests.helpers import check_steps_against_exact, clone_all, random_grads  # noqa: E402

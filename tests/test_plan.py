@@ -10,6 +10,8 @@ from gan_kernels import GAN, GANState, gan_
 from gan_kernels import plan as plans
 from tests.helpers import assert_outputs_close, assert_stats_close, clone_all, exact_evaluation, random_grads
 
+# On a machine with CUDA these tests run on CUDA tensors: the GPU check runs them (pytest -m gpu).
+pytestmark = pytest.mark.gpu
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = ["torch", "triton"]
 # Compiled kernels round float32 to bfloat16 to nearest; Triton's interpreter truncates.

@@ -8,6 +8,8 @@ from gan_kernels import GAN, GANAdamW, GANState, attach, gan_, reference
 from gan_kernels.rule import autoscale
 from tests.helpers import bits, check_steps_against_exact, random_grads
 
+# On a machine with CUDA these tests run on CUDA tensors: the GPU check runs them (pytest -m gpu).
+pytestmark = pytest.mark.gpu
 NAN = torch.tensor(math.nan, dtype=torch.float64)
 
 
