@@ -181,16 +181,18 @@ def cuda_median(fn: Callable[[], object]) -> float:
     return do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3
 
 
-def cuda_graph_median(step: Step, grads: list[torch.Tensor], state: GANState) -> float:
-    """Median seconds of replaying a CUDA graph that captured one step."""
+def cuda_graph_median(fn: Callable[[], object], warm_up_calls: int = 3) -> float:
+    """Median seconds of replaying a CUDA graph that captured one call of ``fn`` (after a few
+    calls on a side stream, as capture requires)."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        step(grads, state)
+        for _ in range(warm_up_calls):
+            fn()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        step(grads, state)
+        fn()
     return cuda_median(graph.replay)
 
 
@@ -255,16 +257,19 @@ OPTIMIZERS = {
 }
 
 
-def make_optimizer(name: str, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+def make_optimizer(name: str, params: list[torch.Tensor], capturable: bool = False) -> torch.optim.Optimizer:
+    """The optimizer ``name`` of :data:`OPTIMIZERS` at lr 1e-3; ``capturable``: the form that a CUDA
+    graph can capture (torch's ``capturable=True``, and lr as a device tensor for every optimizer)."""
+    lr = torch.tensor(1e-3, device=params[0].device) if capturable else 1e-3
     if name == "adamw-fused":
-        return torch.optim.AdamW(params, lr=1e-3, fused=True)
+        return torch.optim.AdamW(params, lr=lr, fused=True, capturable=capturable)
     if name == "gan+adamw-fused":
         from gan_kernels import GAN
 
-        return GAN(torch.optim.AdamW(params, lr=1e-3, fused=True))
+        return GAN(torch.optim.AdamW(params, lr=lr, fused=True, capturable=capturable))
     from gan_kernels import GANAdamW
 
-    return GANAdamW(params, lr=1e-3)
+    return GANAdamW(params, lr=lr)
 
 
 def warm_up_optimizers(device: str, dtype_names: list[str], names: list[str], calls: int = WARM_UP_CALLS) -> None:
@@ -284,32 +289,43 @@ def warm_up_optimizers(device: str, dtype_names: list[str], names: list[str], ca
 def optimizer_rows(set_name: str, dtype_name: str, device: str, names: list[str], repeats: int) -> list[dict]:
     """One row per optimizer: the median time of a step on parameters with the shapes of
     ``set_name`` (every one eligible), its ratio to AdamW(fused=True) in the same run, the
-    accesses per element of the memory model, and kernel launches (ATen operators on a CPU)."""
+    accesses per element of the memory model, and kernel launches (ATen operators on a CPU). On
+    CUDA also the median replay of a CUDA graph that captured one step of the optimizer's
+    capturable form (:func:`make_optimizer`), and its ratio to AdamW(fused=True)'s replay."""
     sources = make_grads(set_name, DTYPES[dtype_name], device)
-    runs = {}
-    for name in names:
+
+    def build(name: str, capturable: bool = False) -> tuple[list[torch.Tensor], torch.optim.Optimizer]:
         params = [torch.nn.Parameter(torch.randn_like(g)) for g in sources]
         for p, g in zip(params, sources):
             p.grad = g.clone()
-        optimizer = make_optimizer(name, params)
+        optimizer = make_optimizer(name, params, capturable)
         optimizer.step()  # warm-up: state, compilation, plans
-        runs[name] = (params, optimizer)
+        return params, optimizer
+
+    runs = {name: build(name) for name in names}
 
     def restore():
         for params, _ in runs.values():
             torch._foreach_copy_([p.grad for p in params], sources)
 
     candidates = {name: optimizer.step for name, (_, optimizer) in runs.items()}
+    graph = {}
     if device == "cuda":
         seconds = {name: cuda_median(step) for name, step in candidates.items()}
+        for name in names:
+            params, optimizer = build(name, capturable=True)
+            graph[name] = cuda_graph_median(optimizer.step)
+            del params, optimizer
     else:
         seconds = cpu_medians(candidates, restore, repeats)
     launches = {name: launches_per_step(step, device, name) for name, step in candidates.items()}
-    anchor = seconds.get("adamw-fused")
+    anchor, graph_anchor = seconds.get("adamw-fused"), graph.get("adamw-fused")
     return [{
         "set": set_name, "optimizer": name, "dtype": dtype_name, "device": device_name(device),
         "tensors": len(sources), "elements": elements(set_name), "median_ms": time_s * 1e3,
         "ratio_to_fused_adamw": time_s / anchor if anchor else None,
+        "graph_replay_ms": graph[name] * 1e3 if name in graph else None,
+        "graph_ratio_to_fused_adamw": graph[name] / graph_anchor if name in graph and graph_anchor else None,
         "model_accesses": OPTIMIZERS[name][1], "model_ratio": OPTIMIZERS[name][1] / OPTIMIZERS["adamw-fused"][1],
         "launches": launches[name],
     } for name, time_s in seconds.items()]

@@ -101,7 +101,7 @@ def test_every_optimizer_is_warmed_up_before_the_first_set(monkeypatch):
     events = []
 
     class Recorder:
-        def __init__(self, name, params):
+        def __init__(self, name, params, capturable=False):
             self.name, self.dtype = name, str(params[0].dtype).removeprefix("torch.")
 
         def step(self):
