@@ -1,6 +1,6 @@
 """One prepared GPU run: prove and time everything in a single command that fits a short loan.
 
-    python benchmarks/gpu_check.py --out DIR [--budget SECONDS] [--stages STAGE ...]
+    python benchmarks/gpu_check.py --out DIR [--budget SECONDS] [--stages STAGE ...]   # default budget 420 s
     python benchmarks/gpu_check.py --dry-run --out DIR      # the same on a CPU, tiny, no sanitizers
 
 Run from a checkout (``PYTHONPATH=.``, or ``make gpu-check``) with the Python that has torch,
@@ -8,26 +8,36 @@ triton, pytest and pytest-benchmark; it installs nothing. Stages, each in its ow
 going on to the next when one fails or times out:
 
 * ``env``: the GPU (name, SM count, L2 size), driver, torch, triton and Python versions;
-* ``tests``: the whole test suite (the kernel tests run compiled on CUDA tensors), with a per-test
-  time limit where pytest-timeout is installed, in parallel where pytest-xdist is;
+* ``tests``: every test marked ``gpu`` (those that run on CUDA tensors where there is a GPU; the
+  rest are the CPU suite that CI runs), one pytest process per test file, all files at once, each
+  with a JUnit report merged into the stage's counts and list of failures. A file still running at
+  the end of the stage's time box is killed and its counts are read off its verbose log, with the
+  test it was in; a test past 90 s is stopped where pytest-timeout is installed;
 * ``sanitizer``: compute-sanitizer's memcheck, racecheck, synccheck and initcheck, concurrently,
-  over a small driver (``--driver``) that runs every mode and both statistics forms on a
-  mixed-dtype list with tile-edge sizes for several steps and checks each against the float64
-  evaluation (initcheck matters: a step's outputs are allocated uninitialised);
-* ``bench``: the benchmark runner over every set and dtype (reference, foreach-eager, fallback,
-  Triton eager and replayed from a CUDA graph; ``torch.compile`` of the reference on ResNet-56
-  float32 only, which bounds compile time), with GB/s, the fraction of a copy measured in the
-  same run and launches per step; and GANAdamW against AdamW(fused=True) and the composition;
+  over a small driver (``--driver``) that runs every kernel and checks each result: every mode,
+  both statistics forms and a rule of one's own on a mixed-dtype list with tile-edge sizes, and
+  GANAdamW's update (float32 and bfloat16 parameters, two groups, amsgrad off and on, a non-finite
+  step) against GAN(AdamW) (initcheck matters: a step's outputs are allocated uninitialised). Each
+  tool must report on a driver that finished;
+* ``bench``: GANAdamW against AdamW(fused=True) and GAN(AdamW(fused=True)), eager and replayed from
+  a CUDA graph, then the benchmark runner over every set and dtype (reference, foreach-eager,
+  fallback, Triton eager and replayed from a CUDA graph; ``torch.compile`` of the reference on
+  ResNet-56 float32 only, which bounds compile time), with GB/s, the fraction of a copy measured
+  in the same run and launches per step;
+* ``train``: whole training steps (forward, backward, optimizer; bf16 autocast) of ResNet-56 and
+  GPT-2 small with AdamW(fused=True), GAN(AdamW(fused=True)) and GANAdamW, eager and captured in a
+  CUDA graph, and GAN's overhead in percent (``run.py --training-step``);
 * ``host``: the host side of a step per set, steady and cold, and the wall time with launches;
 * ``aot``: the compiler's report (registers, spills, vector widths) for the GPU's architecture.
 
 Writes ``DIR/results.json`` and ``DIR/results.md`` (both name the card; commit them as
-``benchmarks/results/<card>-<date>-gpu-check.{json,md}``) and one log per stage, and prints a
+``benchmarks/results/<card>-<date>-gpu-check-<n>.{json,md}``) and one log per stage, and prints a
 summary table last, with each of the package's performance targets (``docs/performance.md``)
 marked met or not. ``results.json`` carries a ``meta`` entry like the benchmark runner's results
 files: the machine, the versions, the date and time (ISO 8601, UTC) and the command-line
 arguments. ``--dry-run`` runs every stage on the CPU with tiny shapes (the kernels in Triton's
-interpreter, the sanitizers skipped and said so), so that the script is tested on every CI run.
+interpreter, the tests stage on three files, the sanitizers skipped and said so, the training
+steps in their tiny configuration), so that the script is tested on every CI run.
 """
 
 from __future__ import annotations
@@ -50,14 +60,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-STAGES = ("env", "tests", "sanitizer", "bench", "host", "aot")
+STAGES = ("env", "tests", "sanitizer", "bench", "train", "host", "aot")
 # Shares of the budget per stage; a stage gets at most its share and never more than what is left.
-SHARES = {"env": 0.02, "tests": 0.40, "sanitizer": 0.15, "bench": 0.28, "host": 0.07, "aot": 0.08}
+SHARES = {"env": 0.02, "tests": 0.32, "sanitizer": 0.15, "bench": 0.22, "train": 0.14, "host": 0.06, "aot": 0.09}
 SANITIZER_TOOLS = ("memcheck", "racecheck", "synccheck", "initcheck")
 TARGET_SPEEDUP_VS_REFERENCE = 20.0
 TARGET_SPEEDUP_VS_COMPILED = 2.0
 TARGET_FRACTION_OF_COPY = 0.8
 TARGET_FUSED_RATIO = 1.15
+# GANAdamW's overhead on a whole training step over AdamW(fused=True), in percent.
+TARGET_TRAINING_OVERHEAD = {"eager": 3.0, "graph": 1.0}
 
 
 @dataclass
@@ -92,6 +104,85 @@ def run(command: list[str], timeout: float, log: Path, env: dict | None = None) 
     with log.open("a") as handle:
         handle.write(f"$ {' '.join(command)}\n{output}\n")
     return Run(returncode, output, time.monotonic() - start)
+
+
+# The tests stage: each test file marked ``gpu`` in a pytest process of its own, in parallel; a
+# test past TEST_TIMEOUT_S seconds is stopped where pytest-timeout is installed (its traceback is
+# dumped at half that time in any case), and a file past the stage's time box is killed.
+TEST_TIMEOUT_S = 90
+DRY_RUN_TEST_FILES = ("tests/test_rule.py", "tests/test_amp.py", "tests/test_compile.py")
+_VERBOSE_RESULT = re.compile(r"^(\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b")
+_VERBOSE_START = re.compile(r"^(\S+::\S+) ?$")
+
+
+def gpu_test_files() -> list[str]:
+    """The test files that hold tests marked ``gpu``, largest first (so the longest start first)."""
+    files = [path for folder in ("tests", "benchmarks") for path in (ROOT / folder).glob("test_*.py")
+             if "pytest.mark.gpu" in path.read_text()]
+    return [str(path.relative_to(ROOT)) for path in sorted(files, key=lambda path: (-path.stat().st_size, path.name))]
+
+
+def run_test_files(files: list[str], timeout: float, scratch: Path, log: Path, env: dict, options: list[str],
+                   workers: int) -> list[dict]:
+    """Run each test file in its own ``pytest -v`` process, at most ``workers`` at a time, and kill
+    whatever still runs ``timeout`` seconds after the start. One dict per file: ``status`` (ok,
+    failed, timeout), ``seconds``, ``counts`` and ``failed`` (from its JUnit report, or, for a file
+    killed before writing one, from its verbose log) and ``running`` (the test it was in when killed)."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    pending, running, results = list(files), {}, {}
+    while pending or running:
+        while pending and len(running) < workers:
+            file = pending.pop(0)
+            name = re.sub(r"[^A-Za-z0-9]+", "-", file)
+            report, output = scratch / f"{name}.xml", scratch / f"{name}.log"
+            command = python("-m", "pytest", "-v", "-p", "no:cacheprovider", "-rfE", "--tb=short",
+                             f"--junitxml={report}", *options, file)
+            with output.open("w") as handle:
+                process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": threads, **env},
+                                           stdout=handle, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+            running[file] = (process, command, report, output, time.monotonic())
+        time.sleep(0.1)
+        for file, (process, command, report, output, start) in list(running.items()):
+            code = process.poll()
+            if code is None and time.monotonic() < deadline:
+                continue
+            if code is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            del running[file]
+            text = output.read_text()
+            with log.open("a") as handle:
+                handle.write(f"$ {' '.join(command)}\n{text}\n")
+            counts, failed = _junit_counts(report) if code is not None else ({}, [])
+            running_test = None
+            if not counts:
+                counts, failed, running_test = _verbose_counts(text)
+            # Exit 5: nothing collected (every test of the file deselected), not a failure.
+            status = "timeout" if code is None else "ok" if code in (0, 5) else "failed"
+            results[file] = {"file": file, "status": status, "seconds": round(time.monotonic() - start, 1),
+                             "counts": counts, "failed": failed, "running": running_test}
+    return [results[file] for file in files]
+
+
+def _verbose_counts(output: str) -> tuple[dict, list[str], str | None]:
+    """Counts and failures read off ``pytest -v`` output, and the test that started but did not
+    end (``None`` if none): what a process killed before writing its report leaves."""
+    counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
+    key = {"PASSED": "passed", "XPASS": "passed", "FAILED": "failed", "ERROR": "errors", "SKIPPED": "skipped",
+           "XFAIL": "skipped"}
+    failed, started = [], None
+    for line in output.splitlines():
+        result = _VERBOSE_RESULT.match(line)
+        if result:
+            counts[key[result.group(2)]] += 1
+            if result.group(2) in ("FAILED", "ERROR"):
+                failed.append(result.group(1))
+            started = None
+        elif _VERBOSE_START.match(line):
+            started = _VERBOSE_START.match(line).group(1)
+    return counts, failed, started
 
 
 def python(*args: str) -> list[str]:
@@ -157,20 +248,26 @@ class Check:
         stage.note = f"{info['device']}; torch {info['torch']}, triton {info['triton']}, Python {info['python']}"
 
     def tests_stage(self, stage: Stage) -> None:
-        report = self.scratch / "tests.xml"
-        # -v names every test as it ends, so a log cut off at the time limit still says which failed.
-        command = python("-m", "pytest", "-v", "-p", "no:cacheprovider", "-rfE", "--tb=short", "--durations=15",
-                         f"--junitxml={report}")
-        command += ["tests/test_rule.py", "tests/test_state.py"] if self.dry_run else ["tests"]
+        files = DRY_RUN_TEST_FILES if self.dry_run else gpu_test_files()
+        options = ["-m", "gpu", "-o", f"faulthandler_timeout={TEST_TIMEOUT_S // 2}"]
         if has_module("pytest_timeout"):
-            command.append("--timeout=120")
-        if has_module("xdist") and not self.dry_run:
-            command += ["-n", str(min(12, os.cpu_count() or 1))]
-        result = run(command, self.box("tests"), self.log("tests"), self.env)
-        counts, failed = _junit_counts(report)
-        stage.data = {**counts, "failed_tests": failed}
-        stage.note = ", ".join(f"{v} {k}" for k, v in counts.items()) or "no report"
-        stage.status = _status(result, ok=result.returncode == 0)
+            options.append(f"--timeout={TEST_TIMEOUT_S}")
+        if not self.dry_run:
+            options.append("--benchmark-disable")  # the bench stage times; here each benchmark runs once
+        workers = max(1, min(len(files), os.cpu_count() or 1))
+        runs = run_test_files(files, self.box("tests"), self.scratch / "tests", self.log("tests"), self.env, options, workers)
+        totals = {k: sum(r["counts"].get(k, 0) for r in runs) for k in ("passed", "failed", "errors", "skipped")}
+        unfinished = [r["file"] for r in runs if r["status"] == "timeout"]
+        stage.data = {**totals, "failed_tests": [name for r in runs for name in r["failed"]],
+                      "unfinished_files": unfinished, "running_when_killed": [r["running"] for r in runs if r["running"]],
+                      "files": runs}
+        stage.note = f"{len(files)} files in {workers} processes: " + ", ".join(f"{v} {k}" for k, v in totals.items())
+        if unfinished:
+            stage.note += f"; {len(unfinished)} file(s) cut off at the time limit: {', '.join(unfinished)}"
+        if unfinished:
+            stage.status = "timeout"
+        else:
+            stage.status = "ok" if all(r["status"] == "ok" for r in runs) and totals["passed"] else "failed"
 
     def sanitizer_stage(self, stage: Stage) -> None:
         driver = python(str(Path(__file__).resolve()), "--driver")
@@ -231,7 +328,8 @@ class Check:
         optimizers = (["--optimizers", "--sets", "resnet20", "--dtypes", "float32", "--repeats", "1"] if self.dry_run
                       else ["--optimizers"])
         rows, optimizer_rows, statuses, deadline = [], [], [], time.monotonic() + self.box("bench")
-        for i, arguments in enumerate([*invocations, optimizers]):
+        # GANAdamW first: it has never been timed on a GPU, the gan_ steps have.
+        for i, arguments in enumerate([optimizers, *invocations], start=-1):
             path = self.scratch / f"bench{i}.json"
             result = run(python(runner, "--device", self.device, *arguments, "--json", str(path)),
                          deadline - time.monotonic(), self.log("bench"), self.env)
@@ -242,11 +340,24 @@ class Check:
             if arguments is optimizers:
                 optimizer_rows = new
             else:
-                rows += [r for r in new if not (i and r["set"] == "resnet56" and r["dtype"] == "float32"
+                rows += [r for r in new if not (i > 0 and r["set"] == "resnet56" and r["dtype"] == "float32"
                                                 and r["implementation"] in {"reference", "foreach-eager", "torch", "triton"})]
         stage.data = {"rows": rows, "optimizer_rows": optimizer_rows, "targets": targets(rows, optimizer_rows)}
         stage.status = _status(statuses[-1], ok=all(r.returncode == 0 for r in statuses) and len(statuses) == len(invocations) + 1)
         stage.note = f"{len(rows)} step rows, {len(optimizer_rows)} optimizer rows"
+
+    def train_stage(self, stage: Stage) -> None:
+        """Whole training steps (forward, backward, optimizer) with and without GAN: the tiny
+        configuration on a CPU, ResNet-56 and GPT-2 small on a GPU (``run.py --training-step``)."""
+        path = self.scratch / "train.json"
+        command = python(str(ROOT / "benchmarks" / "run.py"), "--training-step", "--device", self.device, "--json", str(path))
+        if self.dry_run:
+            command += ["--repeats", "2"]
+        result = run(command, self.box("train"), self.log("train"), self.env)
+        rows = load_results(path)[1] if path.exists() else []
+        stage.data = {"rows": rows, "targets": training_targets(rows)}
+        stage.status = _status(result, ok=result.returncode == 0 and bool(rows))
+        stage.note = f"{len(rows)} rows"
 
     def host_stage(self, stage: Stage) -> None:
         path = self.scratch / "host.json"
@@ -373,10 +484,27 @@ def targets(rows: list[dict], optimizer_rows: list[dict] = ()) -> list[dict]:
             fraction = row and row["fraction_of_copy_bw"]
             found.append({"target": f"{set_name} {dtype}: >= {TARGET_FRACTION_OF_COPY:.0%} of copy bandwidth",
                           "value": fraction and f"{fraction:.0%}", "met": None if fraction is None else fraction >= TARGET_FRACTION_OF_COPY})
-    fused = next((r for r in optimizer_rows if (r["set"], r["dtype"], r["optimizer"]) == ("gpt2_small", "float32", "ganadamw")), None)
-    ratio = fused and fused["ratio_to_fused_adamw"]
-    found.append({"target": f"gpt2_small float32: GANAdamW <= {TARGET_FUSED_RATIO:g}x AdamW(fused=True)",
-                  "value": ratio and f"{ratio:.2f}x", "met": None if ratio is None else ratio <= TARGET_FUSED_RATIO})
+    for dtype in ("float32", "bfloat16"):
+        fused = next((r for r in optimizer_rows if (r["set"], r["dtype"], r["optimizer"]) == ("gpt2_small", dtype, "ganadamw")), None)
+        ratio = fused and fused.get("graph_ratio_to_fused_adamw")
+        found.append({"target": f"gpt2_small {dtype}, CUDA-graph replay: GANAdamW <= {TARGET_FUSED_RATIO:g}x AdamW(fused=True)",
+                      "value": ratio and f"{ratio:.2f}x", "met": None if ratio is None else ratio <= TARGET_FUSED_RATIO})
+    return found
+
+
+def training_targets(rows: list[dict]) -> list[dict]:
+    """GANAdamW's overhead on a whole training step over AdamW(fused=True), per model and mode,
+    against its target (docs/performance.md). Rows of the tiny configuration (a CPU's) show their
+    overhead but are not judged."""
+    found = []
+    for model in dict.fromkeys(row["model"] for row in rows):
+        for mode, limit in TARGET_TRAINING_OVERHEAD.items():
+            row = next((r for r in rows if (r["model"], r["mode"], r["optimizer"]) == (model, mode, "ganadamw")), None)
+            overhead = row and row.get("overhead_pct")
+            judged = overhead is not None and row.get("configuration") == "full"
+            found.append({"target": f"{model} training step, {mode}: GANAdamW overhead <= {limit:g}%",
+                          "value": None if overhead is None else f"{overhead:+.1f}%",
+                          "met": overhead <= limit if judged else None})
     return found
 
 
@@ -399,16 +527,24 @@ def markdown(document: dict) -> str:
     parts.append(table(["stage", "status", "seconds", "note"],
                        [[s["name"], s["status"], f"{s['seconds']:.0f}", s["note"]] for s in document["stages"]]))
     bench = stages.get("bench", {}).get("data") or {}
-    if bench.get("targets"):
+    found = [t for s in document["stages"] for t in (s.get("data") or {}).get("targets", [])]
+    if found:
         parts.append("## Targets (docs/performance.md)\n\n" + table(["target", "measured", "met"], [
-            [t["target"], t["value"], {True: "yes", False: "NO", None: "not measured"}[t["met"]]] for t in bench["targets"]]))
+            [t["target"], t["value"], {True: "yes", False: "NO", None: "not measured"}[t["met"]]] for t in found]))
     if bench.get("rows"):
         columns = ["set", "dtype", "implementation", "median_ms", "speedup_vs_reference", "effective_gb_s",
                    "fraction_of_copy_bw", "launches", "graph_replay_ms"]
         parts.append("## Steps\n\n" + table(columns, [[_cell(r.get(c)) for c in columns] for r in bench["rows"]]))
     if bench.get("optimizer_rows"):
-        columns = ["set", "dtype", "optimizer", "median_ms", "ratio_to_fused_adamw", "model_accesses", "model_ratio", "launches"]
-        parts.append("## Optimizer steps\n\n" + table(columns, [[_cell(r.get(c)) for c in columns] for r in bench["optimizer_rows"]]))
+        columns = ["set", "dtype", "optimizer", "median_ms", "ratio_to_fused_adamw", "graph_replay_ms",
+                   "graph_ratio_to_fused_adamw", "model_accesses", "model_ratio", "launches"]
+        parts.append("## Optimizer steps (model_ratio: the memory model's accesses over AdamW's 7)\n\n"
+                     + table(columns, [[_cell(r.get(c)) for c in columns] for r in bench["optimizer_rows"]]))
+    train = (stages.get("train", {}).get("data") or {}).get("rows")
+    if train:
+        columns = ["model", "configuration", "optimizer", "mode", "median_ms", "overhead_pct"]
+        parts.append("## Training steps (forward, backward, optimizer; bf16 autocast)\n\n"
+                     + table(columns, [[_cell(r.get(c)) for c in columns] for r in train]))
     host = (stages.get("host", {}).get("data") or {}).get("rows")
     if host:
         columns = ["set", "tensors", "steady_us", "steady_us_per_tensor", "cold_us", "launched_us"]
@@ -417,9 +553,14 @@ def markdown(document: dict) -> str:
     if aot:
         columns = ["kernel", "arch", "registers", "local_bytes", "shared_bytes", "vector_loads", "vector_stores"]
         parts.append("## Compiler report\n\n" + table(columns, [[r.get(c) for c in columns] for r in aot]))
-    failed = (stages.get("tests", {}).get("data") or {}).get("failed_tests")
-    if failed:
-        parts.append("## Failed tests\n\n" + "\n".join(f"- `{name}`" for name in failed))
+    tests = stages.get("tests", {}).get("data") or {}
+    if tests.get("files"):
+        parts.append("## Test files (pytest -m gpu, one process each)\n\n" + table(
+            ["file", "status", "seconds", "passed", "failed", "errors", "skipped", "running when killed"],
+            [[r["file"], r["status"], r["seconds"], *(r["counts"].get(k, 0) for k in ("passed", "failed", "errors", "skipped")),
+              r["running"]] for r in tests["files"]]))
+    if tests.get("failed_tests"):
+        parts.append("## Failed tests\n\n" + "\n".join(f"- `{name}`" for name in tests["failed_tests"]))
     return "\n\n".join(parts) + "\n"
 
 
@@ -432,8 +573,7 @@ def _cell(value) -> str:
 def summary(stages: list[Stage]) -> str:
     lines = [f"{'stage':<10} {'status':<8} {'seconds':>7}  note"]
     lines += [f"{s.name:<10} {s.status:<8} {s.seconds:>7.0f}  {s.note}" for s in stages]
-    bench = next((s for s in stages if s.name == "bench"), None)
-    found = bench.data.get("targets", []) if bench else []
+    found = [t for s in stages for t in s.data.get("targets", [])]
     if found:
         lines.append("performance targets (docs/performance.md):")
     for target in found:
@@ -443,14 +583,23 @@ def summary(stages: list[Stage]) -> str:
 
 
 def driver() -> int:
-    """What the sanitizers watch: every mode and both statistics forms on a mixed-dtype list with
-    tile-edge sizes (and a strided view, which is staged), several steps each, every step against
-    the float64 evaluation. Prints ``driver: ok`` at the end; raises on a wrong result."""
+    """What the sanitizers watch: every kernel the package launches, each result checked.
+
+    * ``gan_``'s kernels: every mode and both statistics forms, and a rule of one's own, on a
+      mixed-dtype list with tile-edge sizes (and a strided view, which is staged), several steps
+      each, every step against the float64 evaluation;
+    * GANAdamW's update kernel: float32 and bfloat16 parameters with tile-edge sizes in two
+      parameter groups, amsgrad off and on, the built-in rule and a rule of one's own, against
+      GAN(torch.optim.AdamW) step by step, with a non-finite step in the middle that must change
+      nothing.
+
+    Prints ``driver: ok`` at the end; raises on a wrong result."""
     import torch
 
     from gan_kernels import plan as plans
     from gan_kernels.kernels.layout import tile_elements
     from tests.helpers import check_steps_against_exact, random_grads
+    from tests.test_rule import counting_rule
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rounding = "nearest" if device == "cuda" else "truncate"
@@ -458,29 +607,66 @@ def driver() -> int:
     shapes = [(1,), (f32 - 1,), (f32,), (f32 + 1,), (bf16 - 1,), (bf16 + 1,), (33, 7), (0,), (2 * f32 + 3,)]
     dtypes = [torch.float32, torch.float32, torch.float32, torch.float32, torch.bfloat16, torch.bfloat16,
               torch.float16, torch.float32, torch.float16]
-    for form in ("single_read", "two_pass"):
-        for mode in ("gan", "center", "gc", "znorm"):
-            grads = [g.to(device) for g in random_grads(shapes, dtypes, seed=len(mode), scale=1e-3, offset=2e-4)]
-            base = torch.randn(40, 30, device=device)
-            grads.append(base[:, ::3])
+    cases = [(form, mode, None) for form in ("single_read", "two_pass") for mode in ("gan", "center", "gc", "znorm")]
+    for form, mode, rule in [*cases, ("single_read", "gan", counting_rule)]:
+        grads = [g.to(device) for g in random_grads(shapes, dtypes, seed=len(mode), scale=1e-3, offset=2e-4)]
+        base = torch.randn(40, 30, device=device)
+        grads.append(base[:, ::3])
 
-            def kernel_step(gradients, state, mode, form=form):
-                plan = plans.lookup(gradients, "triton") or plans.build(gradients, "triton")
-                return plan.step(gradients, state, mode, stats_form=form)
+        def kernel_step(gradients, state, mode, form=form, rule=rule):
+            plan = plans.lookup(gradients, "triton") or plans.build(gradients, "triton")
+            return plan.step(gradients, state, mode, rule, stats_form=form)
 
-            check_steps_against_exact(kernel_step, grads, mode, steps=3, rounding=rounding)
-            print(f"driver: {form} {mode} matches the float64 evaluation", flush=True)
+        check_steps_against_exact(kernel_step, grads, mode, steps=3, rounding=rounding, rule=rule)
+        print(f"driver: {form} {mode}{' with a rule of its own' if rule else ''} matches the float64 evaluation", flush=True)
+    for dtype, amsgrad, rule in ((torch.float32, False, None), (torch.bfloat16, True, None), (torch.float32, True, counting_rule)):
+        _drive_ganadamw(dtype, amsgrad, rule, truncating=device == "cpu")
+        print(f"driver: GANAdamW {str(dtype)[6:]} amsgrad={amsgrad}{' with a rule of its own' if rule else ''} "
+              "matches GAN(AdamW)", flush=True)
     if device == "cuda":
         torch.cuda.synchronize()
     print("driver: ok", flush=True)
     return 0
 
 
+def _drive_ganadamw(dtype, amsgrad: bool, rule, truncating: bool, steps: int = 4) -> None:
+    """GANAdamW on its fused kernels (three launches a step, checked) against GAN(AdamW), two
+    parameter groups, step by step; step 2 is first tried with a NaN gradient, which must leave
+    every parameter exactly as it was."""
+    import torch
+
+    from gan_kernels import GAN, GANAdamW
+    from gan_kernels.kernels import launch
+    from tests.test_adamw import assert_close, bits, make_params, param_groups, set_grads
+
+    ours, theirs = make_params(dtype), make_params(dtype)
+    fused = GANAdamW(param_groups(ours, 2), lr=1e-2, amsgrad=amsgrad, backend="triton", rule=rule)
+    composed = GAN(torch.optim.AdamW(param_groups(theirs, 2), lr=1e-2, amsgrad=amsgrad), rule=rule)
+    for step in range(steps):
+        if step == 2:
+            set_grads(ours, step)
+            ours[0].grad[1, 2] = float("nan")
+            before = [bits(p.detach()) for p in ours]
+            fused.step()
+            if not fused.last_stats.nonfinite.item() or any(not torch.equal(bits(p.detach()), b) for p, b in zip(ours, before)):
+                raise AssertionError("GANAdamW changed parameters on a non-finite step")
+        set_grads(ours, step)
+        set_grads(theirs, step)
+        with launch.count_launches() as launches:
+            fused.step()
+        if launches[0] != 3:
+            raise AssertionError(f"GANAdamW took {launches[0]} kernel launches, not the fused path's 3")
+        composed.step()
+        # The interpreter truncates float32 to bfloat16 (compiled kernels round to nearest): up to
+        # one bfloat16 ulp more per step there.
+        assert_close(ours, theirs, dtype, extra=(step + 1) * 2.0**-8 if truncating and dtype == torch.bfloat16 else 0.0)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, help="the folder for results.json, results.md and the logs")
     parser.add_argument("--dry-run", action="store_true", help="on the CPU, tiny shapes, no sanitizers")
-    parser.add_argument("--budget", type=float, default=450.0, help="seconds for the whole run (default 450)")
+    parser.add_argument("--budget", type=float, default=420.0, help="seconds for the whole run (default 420)")
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="default: all")
     parser.add_argument("--driver", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
