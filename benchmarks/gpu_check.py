@@ -301,16 +301,9 @@ class Check:
                 code = None
             with self.log("sanitizer").open("a") as handle:
                 handle.write(f"$ {' '.join(command)}\n{output}\n")
-            # memcheck, synccheck and initcheck end with "ERROR SUMMARY: N errors", racecheck with
-            # "RACECHECK SUMMARY: N hazards displayed (E errors, W warnings)".
-            errors = re.findall(r"(?:ERROR SUMMARY: |RACECHECK SUMMARY: .*?\()(\d+) error", output)
-            found[tool] = {"exit": code, "errors": int(errors[-1]) if errors else None, "driver_ok": "driver: ok" in output}
+            found[tool] = sanitizer_result(code, output)
         stage.data = found
-        stage.note = "; ".join(
-            f"{tool}: " + ("timeout" if r["exit"] is None else f"{r['errors']} errors" if r["errors"] is not None else f"exit {r['exit']}")
-            + ("" if r["driver_ok"] else " (driver did not finish)")
-            for tool, r in found.items()
-        )
+        stage.note = "; ".join(f"{tool}: {sanitizer_note(r)}" for tool, r in found.items())
         clean = all(r["exit"] == 0 and r["errors"] == 0 and r["driver_ok"] for r in found.values())
         stage.status = "ok" if clean else "timeout" if any(r["exit"] is None for r in found.values()) else "failed"
 
@@ -490,6 +483,27 @@ def targets(rows: list[dict], optimizer_rows: list[dict] = ()) -> list[dict]:
         found.append({"target": f"gpt2_small {dtype}, CUDA-graph replay: GANAdamW <= {TARGET_FUSED_RATIO:g}x AdamW(fused=True)",
                       "value": ratio and f"{ratio:.2f}x", "met": None if ratio is None else ratio <= TARGET_FUSED_RATIO})
     return found
+
+
+def sanitizer_result(code: int | None, output: str) -> dict:
+    """One compute-sanitizer tool's verdict from its exit status (None: killed) and output.
+
+    memcheck, synccheck and initcheck end with "ERROR SUMMARY: N errors", racecheck with
+    "RACECHECK SUMMARY: N hazards displayed (E errors, W warnings)". The tools run with
+    ``--error-exitcode 99``, so exit status 0 without a summary line also means no error."""
+    errors = re.findall(r"(?:ERROR SUMMARY: |RACECHECK SUMMARY: .*?\()(\d+) error", output)
+    return {"exit": code, "errors": int(errors[-1]) if errors else 0 if code == 0 else None,
+            "summary": bool(errors), "driver_ok": "driver: ok" in output}
+
+
+def sanitizer_note(result: dict) -> str:
+    if result["exit"] is None:
+        note = "timeout"
+    elif result["errors"] is None:
+        note = f"exit {result['exit']}"
+    else:
+        note = f"{result['errors']} errors" + ("" if result["summary"] else f" (exit {result['exit']}, no summary line)")
+    return note + ("" if result["driver_ok"] else " (driver did not finish)")
 
 
 def training_targets(rows: list[dict]) -> list[dict]:

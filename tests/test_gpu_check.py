@@ -174,3 +174,18 @@ def test_junit_report_counts_and_names_failures(tmp_path):
     counts, failed = gpu_check._junit_counts(report)
     assert counts == {"passed": 1, "failed": 1, "errors": 1, "skipped": 1}
     assert failed == ["tests.a::bad", "tests.b::broken"]
+
+
+@pytest.mark.parametrize("code, output, errors, note", [
+    (0, "driver: ok\n========= ERROR SUMMARY: 0 errors\n", 0, "0 errors"),
+    (99, "driver: ok\n========= ERROR SUMMARY: 3 errors\n", 3, "3 errors"),
+    (0, "driver: ok\n========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)\n", 0, "0 errors"),
+    (0, "driver: ok\n", 0, "0 errors (exit 0, no summary line)"),
+    (1, "Traceback ...\n========= ERROR SUMMARY: 0 errors\n", 0, "0 errors (driver did not finish)"),
+    (1, "Traceback ...\n", None, "exit 1 (driver did not finish)"),
+    (None, "driver: single_read gan matches\n", None, "timeout (driver did not finish)"),
+])
+def test_sanitizer_verdicts(code, output, errors, note):
+    result = gpu_check.sanitizer_result(code, output)
+    assert result["errors"] == errors and gpu_check.sanitizer_note(result) == note
+    assert result["driver_ok"] == ("driver: ok" in output)
