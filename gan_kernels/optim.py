@@ -312,7 +312,7 @@ class GANAdamW(torch.optim.AdamW):
         kernels cannot run it."""
         if self.mode == "gc":
             return None
-        key = (tuple(map(Tensor.data_ptr, params)), tuple(map(Tensor.data_ptr, grads)), plans._metadata(grads),
+        key = (self.backend, tuple(map(Tensor.data_ptr, params)), tuple(map(Tensor.data_ptr, grads)), plans._metadata(grads),
                tuple(eligible), tuple(groups),
                tuple((s["exp_avg"].data_ptr(), s["exp_avg_sq"].data_ptr(), s["step"].data_ptr()) for s in states))
         if key == self._plan_key:
