@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from itertools import chain
 from operator import attrgetter
 from typing import Any
 
@@ -22,6 +23,8 @@ from .state import GANState, GANStats
 from .validation import check_mode
 
 _grad = attrgetter("grad")
+_data_ptr = Tensor.data_ptr
+_stride = Tensor.stride
 _HOOK_REGISTRIES = (
     "_optimizer_step_pre_hooks",
     "_optimizer_step_post_hooks",
@@ -232,6 +235,7 @@ class GANAdamW(torch.optim.AdamW):
         self._last: dict[str, GANStats] = {}
         self._plan = None
         self._plan_key: tuple | None = None
+        self._held: _HeldLayout | None = None
         self._scratch: list[Tensor] = []  # the fallback's copies of the eligible gradients
 
     @property
@@ -251,6 +255,11 @@ class GANAdamW(torch.optim.AdamW):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        held = self._held_layout()
+        if held is not None:
+            self._last["stats"] = held.plan.step(self.gan_state.to_(held.plan.device), self.mode, *self._hyper(),
+                                                 self.rule, held.steps)
+            return loss
         params, grads, groups, states = [], [], [], []
         for j, group in enumerate(self.param_groups):
             for p in group["params"]:
@@ -272,11 +281,45 @@ class GANAdamW(torch.optim.AdamW):
             slot += flag
         plan = self._fused_plan(params, grads, states, eligible, groups) if slot else None
         if plan is None:
+            self._held = None
             self._last["stats"] = self._fallback_step(params, grads, states, eligible, groups)
         else:
             steps = [s["step"] for s in states] if self.rule is not None else None
+            self._held = _HeldLayout(self, plan, params, grads, flags, states, steps)
             self._last["stats"] = plan.step(self.gan_state.to_(plan.device), self.mode, *self._hyper(), self.rule, steps)
         return loss
+
+    def _held_layout(self) -> _HeldLayout | None:
+        """The previous step's fused layout if this step has the same one, else None (the full path
+        then finds or builds the plan). Checked at every step, at the cost of a few C-level passes
+        over the parameters: the parameters and their groups (by object), which have gradients,
+        every parameter's and gradient's data pointer and every gradient's strides (a gradient's
+        shape, dtype and device are its parameter's, which a new data pointer would show), the
+        eligibility, the backend, the mode, and the optimizer state (the same state objects as
+        when the layout was built, and every state tensor the same object: ``load_state_dict``
+        and any assignment into the state are seen)."""
+        held = self._held
+        if held is None or held.backend != self.backend or self.mode == "gc" or held.state is not self.state:
+            return None
+        groups = self.param_groups
+        params = [p for group in groups for p in group["params"]]
+        if list(map(id, params)) != held.param_ids or [len(group["params"]) for group in groups] != held.group_sizes:
+            return None
+        grads = list(map(_grad, params))
+        present = [g for g in grads if g is not None]
+        try:
+            if (len(present) != len(held.grad_ptrs) or list(map(_data_ptr, present)) != held.grad_ptrs
+                    or list(map(_stride, present)) != held.grad_strides or list(map(_data_ptr, held.params)) != held.param_ptrs):
+                return None
+        except RuntimeError:  # a sparse gradient has no data pointer: the full path names it
+            return None
+        if present != grads and [g is None for g in grads] != held.absent:
+            return None
+        if self.eligible is not default_eligible and [bool(self.eligible(p)) for p in held.params] != held.flags:
+            return None
+        if not held.state_unchanged(self.state):
+            return None
+        return held
 
     def _state(self, p: Tensor, group: dict) -> dict:
         """The parameter's AdamW state, created as torch does (the step on the parameter's device,
@@ -331,14 +374,17 @@ class GANAdamW(torch.optim.AdamW):
         """GAN on copies of the eligible gradients (so ``p.grad`` keeps the raw gradient), then
         torch's AdamW on them, fused where torch offers it so that a non-finite step is skipped on
         the device (``found_inf``); elsewhere the flag is read on the host."""
-        chosen = [g for g, slot in zip(grads, eligible) if slot >= 0]
-        if [(s.shape, s.dtype, s.device, s.stride()) for s in self._scratch] != [(g.shape, g.dtype, g.device, g.stride()) for g in chosen]:
-            self._scratch = [g.clone(memory_format=torch.preserve_format) for g in chosen]
-        elif chosen:
-            torch._foreach_copy_(self._scratch, chosen)
+        # The copies take their parameter's layout, as does any gradient strided otherwise: torch's
+        # fused AdamW reads a gradient element by element as laid out like its parameter.
+        chosen = [(p, g) for p, g, slot in zip(params, grads, eligible) if slot >= 0]
+        if [(s.shape, s.dtype, s.device, s.stride()) for s in self._scratch] != [(g.shape, g.dtype, g.device, p.stride()) for p, g in chosen]:
+            self._scratch = [torch.empty_like(p, memory_format=torch.preserve_format) for p, _ in chosen]
+        if chosen:
+            torch._foreach_copy_(self._scratch, [g for _, g in chosen])
         stats = gan_(self._scratch, self.gan_state, mode=self.mode, backend=self.backend, rule=self.rule)
         transformed = iter(self._scratch)
-        inputs = [next(transformed) if slot >= 0 else g for g, slot in zip(grads, eligible)]
+        inputs = [next(transformed) if slot >= 0 else g if g.stride() == p.stride() else torch.empty_like(p, memory_format=torch.preserve_format).copy_(g)
+                  for p, g, slot in zip(params, grads, eligible)]
         fused = all(_fused_adamw_supported(p) for p in params)
         if not fused and stats.nonfinite.item():
             return stats
@@ -385,7 +431,7 @@ class GANAdamW(torch.optim.AdamW):
                     state["step"] = torch.as_tensor(state["step"], dtype=torch.float32).to(p.device)
             if gan_state is not None:
                 self.gan_state.load_state_dict(gan_state)
-            self._plan_key = None
+            self._plan_key = self._held = None
 
         hooked_load_state_dict(self, state_dict, load)
 
@@ -393,6 +439,37 @@ class GANAdamW(torch.optim.AdamW):
         eligible = "default" if self.eligible is default_eligible else repr(self.eligible)
         rule = "" if self.rule is None else f", rule={self.rule!r}"
         return f"GANAdamW(mode={self.mode!r}, backend={self.backend!r}, eligible={eligible}{rule}) " + super().__repr__()
+
+
+class _HeldLayout:
+    """What GANAdamW's steady state compares against: the layout of the last fused step and its plan."""
+
+    def __init__(self, optimizer: GANAdamW, plan, params: list[Tensor], grads: list[Tensor], flags: list[bool],
+                 states: list[dict], steps: list[Tensor] | None) -> None:
+        groups = optimizer.param_groups
+        everything = [p for group in groups for p in group["params"]]
+        self.plan, self.steps, self.params, self.flags = plan, steps, params, flags
+        self.backend, self.state = optimizer.backend, optimizer.state
+        self.param_ids = list(map(id, everything))
+        self.group_sizes = [len(group["params"]) for group in groups]
+        self.absent = [p.grad is None for p in everything]
+        self.param_ptrs = list(map(_data_ptr, params))
+        self.grad_ptrs = list(map(_data_ptr, grads))
+        self.grad_strides = list(map(_stride, grads))
+        self.state_objects = _state_objects(optimizer.state)
+        self.state_ids = list(map(id, self.state_objects))
+
+    def state_unchanged(self, state: dict) -> bool:
+        """Whether ``state`` holds the same per-parameter dicts, in the same order, holding the same
+        tensors as when the layout was built (compared by object: the held list keeps them alive,
+        so no new object can take the identity of one of them)."""
+        return list(map(id, _state_objects(state))) == self.state_ids
+
+
+def _state_objects(state: dict) -> list:
+    """Every per-parameter state dict, then every value in them, in the state's own order."""
+    dicts = list(state.values())
+    return dicts + list(chain.from_iterable(map(dict.values, dicts)))
 
 
 def hooked_state_dict(optimizer: torch.optim.Optimizer, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:

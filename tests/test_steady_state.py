@@ -177,3 +177,80 @@ def test_a_checkpoint_loaded_mid_run_takes_effect_at_the_next_step():
         twin.step()
         for a, b in zip(params, twin_params):
             assert torch.equal(a, b), step
+
+
+def _replace_exp_avg(optimizer, params):
+    optimizer.state[params[0]]["exp_avg"] = torch.zeros_like(params[0])
+
+
+def _replace_state_dict(optimizer, params):
+    state = optimizer.state[params[3]]
+    optimizer.state[params[3]] = {**state, "exp_avg_sq": state["exp_avg_sq"] * 4}
+
+
+def _swap_parameter_storage(optimizer, params):
+    params[0].data = params[0].data.clone()
+
+
+def _reallocate_gradients(optimizer, params):
+    for p in params:
+        p.grad = p.grad.clone()
+
+
+def _transpose_gradient_strides(optimizer, params):
+    params[0].grad = params[0].grad.t().contiguous().t()
+
+
+def _add_param_group(optimizer, params):
+    extra = torch.nn.Parameter(torch.full((12, 5), 0.3, device=DEVICE))
+    # Not a constant gradient: its centered form would be rounding noise, which AdamW normalises.
+    extra.grad = (torch.randn(extra.shape, generator=torch.Generator().manual_seed(7)) * 1e-2).to(DEVICE)
+    optimizer.add_param_group({"params": [extra], "lr": 4e-3})
+    params.append(extra)
+
+
+def _drop_a_gradient(optimizer, params):
+    params[2].grad = None
+
+
+CHANGES = {"a state tensor replaced": _replace_exp_avg, "a state dict replaced": _replace_state_dict,
+           "a parameter's storage swapped": _swap_parameter_storage, "gradients reallocated": _reallocate_gradients,
+           "a gradient's strides changed": _transpose_gradient_strides, "a param group added": _add_param_group,
+           "a gradient dropped": _drop_a_gradient, "the eligibility flipped": None}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_a_change_between_steps_takes_effect_at_the_next_step(change):
+    """The steady state reuses the last step's layout only while nothing it depends on changed:
+    each change here, made to GANAdamW and to GAN(AdamW) alike between two steps, must show in
+    the very next step."""
+    switch = {"flip": False}
+
+    def eligible(p):
+        return p.ndim > 1 and not (switch["flip"] and p.shape == (50, 45))
+
+    runs = []
+    for kind in ("fused", "composed"):
+        params, groups = build(kind)
+        groups = groups[:2]
+        params = [p for group in groups for p in group["params"]]
+        if kind == "fused":
+            optimizer = GANAdamW(groups, backend="triton", eligible=eligible)
+        else:
+            optimizer = GAN(torch.optim.AdamW(groups, **({"capturable": True} if DEVICE == "cuda" else {})), eligible=eligible)
+        runs.append((params, optimizer))
+    for step in range(4):
+        for params, optimizer in runs:
+            for p in params:
+                if p.grad is not None:
+                    p.grad.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(step + p.numel())) * 1e-2)
+            if step == 2:
+                if CHANGES[change] is None:
+                    switch["flip"] = True
+                else:
+                    CHANGES[change](optimizer, params)
+        for params, optimizer in runs:
+            optimizer.step()
+        (ours, fused), (theirs, composed) = runs
+        assert_close(ours, theirs)
+        torch.testing.assert_close(fused.last_stats.global_std, composed.last_stats.global_std, rtol=1e-5, atol=0)
