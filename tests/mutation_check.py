@@ -32,10 +32,15 @@ APPLY = "gan_kernels/kernels/apply.py"
 FINALIZE = "gan_kernels/kernels/finalize.py"
 PLAN = "gan_kernels/plan.py"
 UPDATE = "gan_kernels/kernels/update.py"
+OPTIM = "gan_kernels/optim.py"
+FUSED = "gan_kernels/kernels/fused.py"
+LAYOUT = "gan_kernels/kernels/layout.py"
+HOOKS = "gan_kernels/hooks.py"
 
 FALLBACK_VALUES = ["tests/test_functional.py", "-k", "boundaries or multi_step or offset or mixed"]
 KERNEL_VALUES = ["tests/test_kernels.py", "-k", "(tile_boundaries and single_read) or multi_step or offset"]
 ADAMW_TESTS = ("tests/test_adamw.py", "-k", "every_mode or every_option or nonfinite or raw_gradient")
+STEADY_TESTS = ("tests/test_steady_state.py",)
 
 
 @dataclass(frozen=True)
@@ -425,6 +430,132 @@ MUTANTS = [
         '        argv += ["--deficit-epochs", getattr(args, deficit)]',
         '        argv += ["--deficit-epochs", args.early]',
         ("tests/test_critical_period.py", "-k", "every_method"),
+    ),
+    Mutant(
+        "GANAdamW's steady state keeps its layout when a state tensor or dict is replaced",
+        OPTIM,
+        "        if not held.state_unchanged(self.state):\n            return None",
+        "        if False:\n            return None",
+        STEADY_TESTS,
+    ),
+    Mutant(
+        "GANAdamW's steady state keeps its layout when a parameter's storage is swapped",
+        OPTIM,
+        " or list(map(_data_ptr, held.params)) != held.param_ptrs",
+        "",
+        STEADY_TESTS,
+    ),
+    Mutant(
+        "GANAdamW's steady state ignores new gradient strides",
+        OPTIM,
+        "\n                    or list(map(_stride, present)) != held.grad_strides",
+        "",
+        STEADY_TESTS,
+    ),
+    Mutant(
+        "GANAdamW's steady state ignores a custom eligibility's new answer",
+        OPTIM,
+        "if self.eligible is not default_eligible and [bool(self.eligible(p)) for p in held.params] != held.flags:",
+        "if False:",
+        STEADY_TESTS,
+    ),
+    Mutant(
+        "GANAdamW's steady state ignores a switched backend",
+        OPTIM,
+        "held.backend != self.backend or ",
+        "",
+        STEADY_TESTS,
+    ),
+    Mutant(
+        "GANAdamW's fallback hands torch's fused AdamW gradients strided unlike their parameters",
+        OPTIM,
+        "self._scratch = [torch.empty_like(p, memory_format=torch.preserve_format) for p, _ in chosen]",
+        "self._scratch = [torch.empty_like(g, memory_format=torch.preserve_format) for _, g in chosen]",
+        STEADY_TESTS,
+    ),
+    Mutant(
+        "fused AdamW: the hyper-parameter table not refreshed when a float value changes",
+        FUSED,
+        "        if values != self.hyper_values:",
+        "        if self.hyper_values is None:",
+        STEADY_TESTS,
+    ),
+    Mutant(
+        "fused AdamW: tensor-valued hyper-parameters never copied to the device",
+        FUSED,
+        "        for row, column, value in tensors:",
+        "        for row, column, value in tensors[:0]:",
+        STEADY_TESTS,
+    ),
+    Mutant(
+        "fused AdamW: amsgrad's denominator from v instead of its running max",
+        UPDATE,
+        "        denominator = tl.sqrt(vmax) / correction + eps",
+        "        denominator = tl.sqrt(v) / correction + eps",
+        STEADY_TESTS,
+    ),
+    Mutant(
+        "fused AdamW: the second moment's bias correction uses beta1",
+        UPDATE,
+        "correction = tl.sqrt(1.0 - tl.exp(step * tl.log(beta2)))",
+        "correction = tl.sqrt(1.0 - tl.exp(step * tl.log(beta1)))",
+        STEADY_TESTS,
+    ),
+    Mutant(
+        "fused AdamW: weight decay not scaled by the learning rate",
+        UPDATE,
+        "decay = (1.0 - lr * tl.load(row + WEIGHT_DECAY))",
+        "decay = (1.0 - tl.load(row + WEIGHT_DECAY))",
+        STEADY_TESTS,
+    ),
+    Mutant(
+        "fused AdamW: the first eligible parameter left untransformed",
+        UPDATE,
+        "    if slot >= 0:",
+        "    if slot > 0:",
+        STEADY_TESTS,
+    ),
+    Mutant(
+        "update layout: a partial last tile dropped",
+        LAYOUT,
+        "        tiles = (numels[index] + tile - 1) // tile",
+        "        tiles = numels[index] // tile",
+        STEADY_TESTS,
+    ),
+    Mutant(
+        "update layout: eligibility slots not taken per dtype (mixed-dtype parameters)",
+        LAYOUT,
+        "first_tile, tile_tensor, eligible_t[index], group_t[index]]",
+        "first_tile, tile_tensor, eligible_t[:len(indices)], group_t[index]]",
+        STEADY_TESTS,
+    ),
+    Mutant(
+        "update layout: group rows not taken per dtype (mixed-dtype parameter groups)",
+        LAYOUT,
+        "first_tile, tile_tensor, eligible_t[index], group_t[index]]",
+        "first_tile, tile_tensor, eligible_t[index], group_t[:len(indices)]]",
+        STEADY_TESTS,
+    ),
+    Mutant(
+        "plan lookup: the last step's plan reused for another backend",
+        PLAN,
+        "plan.ptrs != ptrs or plan.backend != backend",
+        "plan.ptrs != ptrs",
+        STEADY_TESTS,
+    ),
+    Mutant(
+        "attach: a closure given by keyword runs without GAN",
+        HOOKS,
+        '            return args, {**kwargs, "closure": closure_then_gan}',
+        "            return args, kwargs",
+        ("tests/test_hooks.py",),
+    ),
+    Mutant(
+        "attach: gradients left unscaled after GAN on an optimizer that unscales by itself",
+        HOOKS,
+        "        if scale is not None and grads:\n            torch._foreach_mul_(grads, scale)",
+        "        if False:\n            torch._foreach_mul_(grads, scale)",
+        ("tests/test_hooks.py",),
     ),
 ]
 

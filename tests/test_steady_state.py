@@ -25,7 +25,7 @@ STEPS = 7
 NONFINITE_STEP = 4
 # Three groups: float32 with a float lr, float32 with a tensor lr and every flag set, bfloat16.
 GROUPS = [
-    ({"lr": 1e-2}, torch.float32, [(64, 40), (40,), (33, 7, 3)]),
+    ({"lr": 1e-2}, torch.float32, [(64, 40), (40,), (33, 7, 3), (24, 24)]),
     ({"lr": "tensor", "betas": (0.8, 0.95), "eps": 1e-6, "weight_decay": 0.1, "amsgrad": True, "maximize": True},
      torch.float32, [(50, 45), (45,), (9, 2)]),
     ({"lr": 5e-3, "betas": (0.85, 0.99), "eps": 1e-7, "weight_decay": 0.0}, torch.bfloat16, [(30, 20), (20,)]),
@@ -189,7 +189,13 @@ def _replace_state_dict(optimizer, params):
 
 
 def _swap_parameter_storage(optimizer, params):
+    # The old storage is kept alive, so that a step on a stale layout writes there (and the test
+    # sees the parameter unchanged) rather than into freed memory.
+    _kept.append(params[0].data)
     params[0].data = params[0].data.clone()
+
+
+_kept = []
 
 
 def _reallocate_gradients(optimizer, params):
@@ -198,7 +204,9 @@ def _reallocate_gradients(optimizer, params):
 
 
 def _transpose_gradient_strides(optimizer, params):
-    params[0].grad = params[0].grad.t().contiguous().t()
+    # The same memory, read transposed: only the strides tell the new layout from the old.
+    square = next(p for p in params if p.shape == (24, 24))
+    square.grad = square.grad.t()
 
 
 def _add_param_group(optimizer, params):
@@ -254,3 +262,14 @@ def test_a_change_between_steps_takes_effect_at_the_next_step(change):
         (ours, fused), (theirs, composed) = runs
         assert_close(ours, theirs)
         torch.testing.assert_close(fused.last_stats.global_std, composed.last_stats.global_std, rtol=1e-5, atol=0)
+
+
+def test_a_backend_switched_between_steps_takes_effect_in_gan_too():
+    params, groups = build("wrapped")
+    optimizer = GAN(torch.optim.SGD(groups[:1], lr=0.1), backend="triton")
+    for step, backend in enumerate(("triton", "torch", "triton", "torch")):
+        optimizer.backend = backend
+        fill(params, step)
+        with launch.count_launches() as launches:
+            optimizer.step()
+        assert launches[0] == (3 if backend == "triton" else 0), (step, backend)
