@@ -174,16 +174,17 @@ def cpu_medians(candidates: dict[str, Callable[[], object]], restore: Callable[[
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def cuda_median(fn: Callable[[], object]) -> float:
-    """Median seconds of ``fn`` by CUDA events (``triton.testing.do_bench``)."""
+def cuda_median(fn: Callable[[], object], rep_ms: int = 100) -> float:
+    """Median seconds of ``fn`` by CUDA events (``triton.testing.do_bench``), over as many calls as
+    fit in about ``rep_ms`` milliseconds (at least one)."""
     from triton.testing import do_bench
 
-    return do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3
+    return do_bench(fn, warmup=25, rep=rep_ms, return_mode="median") / 1e3
 
 
-def cuda_graph_median(fn: Callable[[], object], warm_up_calls: int = 3) -> float:
+def cuda_graph_median(fn: Callable[[], object], warm_up_calls: int = 3, rep_ms: int = 100) -> float:
     """Median seconds of replaying a CUDA graph that captured one call of ``fn`` (after a few
-    calls on a side stream, as capture requires)."""
+    calls on a side stream, as capture requires), timed as :func:`cuda_median` times a call."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -193,7 +194,7 @@ def cuda_graph_median(fn: Callable[[], object], warm_up_calls: int = 3) -> float
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
-    return cuda_median(graph.replay)
+    return cuda_median(graph.replay, rep_ms)
 
 
 @contextlib.contextmanager

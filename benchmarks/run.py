@@ -1,6 +1,7 @@
 """Time GAN implementations on the gradient shapes of real models and print one table.
 
     python benchmarks/run.py [--device cpu|cuda] [--sets ...] [--dtypes ...] [--quick] [--json PATH] [--save]
+    python benchmarks/run.py --training-step [--device cpu|cuda] [--models ...] [--full] [--repeats N] [--json PATH]
 
 Implementations: ``reference`` (eager, one tensor at a time), ``compiled`` (``torch.compile`` of the
 reference), ``torch`` (the multi-tensor fallback) and, on CUDA, ``triton`` (the fused kernels; its
@@ -16,6 +17,19 @@ small set in each dtype (``torch.compile`` included), so that a process's one-ti
 imports, the allocator's growth, the first compilation, Triton's JIT, thread pools starting) stay
 out of the first rows; each set is warmed up again before it is timed.
 
+``--training-step`` times whole training steps instead -- zero the gradients in place, forward and
+loss under bf16 autocast (float32 parameters), backward, optimizer step -- of ResNet-56 (CIFAR,
+batch 128, 3x32x32, 100 classes) and GPT-2 small (batch 8, sequence 512) with each optimizer:
+``adamw-fused`` (``AdamW(fused=True)``), ``gan+adamw-fused`` (``GAN`` around it) and ``ganadamw``.
+Every optimizer starts from the same initialisation and trains on one static batch. Modes:
+``eager``, and on CUDA ``graph``, the whole step captured in one CUDA graph (capturable
+optimizers, a few steps on a side stream first) and replayed. A row per model, optimizer and mode
+gives the median step and ``overhead_pct``, the percent by which it is slower than ``adamw-fused``
+in the same model and mode. On a CPU the default is the tiny configuration of each model (ResNet-8
+on 16x16 images, batch 8; a 2-layer width-64 GPT, sequence 32, vocabulary 512), which runs in
+seconds; ``--full`` forces the full one, the default on CUDA. ``--repeats`` counts the timed steps
+on a CPU; on CUDA each median comes from CUDA events over about half a second of steps.
+
 ``--json PATH`` and ``--save`` write ``{"meta": ..., "rows": [...]}``: ``meta`` names the machine
 (device, CPU model, threads, GPU and compute capability, platform), the versions (Python, torch,
 Triton, CUDA, gan_kernels), the date and time (ISO 8601, UTC) and the command-line arguments.
@@ -28,9 +42,11 @@ import datetime
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -42,6 +58,7 @@ from benchmarks.common import (  # noqa: E402
     OPTIMIZERS,
     copy_step,
     cpu_medians,
+    make_optimizer,
     cuda_graph_median,
     cuda_median,
     device_name,
@@ -57,6 +74,7 @@ from benchmarks.common import (  # noqa: E402
     warm_up_optimizers,
     write_results,
 )
+from benchmarks.models import WORKLOADS, Workload  # noqa: E402
 from benchmarks.shapes import SETS  # noqa: E402
 from gan_kernels import GANState  # noqa: E402
 
@@ -65,6 +83,11 @@ QUICK_SETS = ["resnet56", "vgg16_bn"]
 # The set on which --host-only warms up the Triton path's host side before the sets it times.
 HOST_WARM_UP_SET = "resnet20"
 OPTIMIZER_SETS = ["gpt2_small", "resnet56", "vgg16_bn"]
+# CUDA events over about half a second per optimizer and mode: tens of steps of either model, so
+# that a difference of a percent stands out of the noise, and all rows fit in the GPU check's budget.
+TRAINING_REP_MS = 500
+TRAINING_WARM_UP_STEPS = 3
+TRAINING_REPEATS = 10
 
 
 def measure(set_name: str, dtype_name: str, device: str, implementations: list[str], repeats: int) -> list[dict]:
@@ -129,6 +152,10 @@ OPTIMIZER_COLUMNS = [
     ("graph_replay_ms", "{:.3f}"), ("graph_ratio_to_fused_adamw", "{:.2f}x"), ("model_accesses", "{}"),
     ("model_ratio", "{:.2f}x"), ("launches", "{}"),
 ]
+TRAINING_COLUMNS = [
+    ("model", "{}"), ("configuration", "{}"), ("optimizer", "{}"), ("mode", "{}"), ("batch", "{}"),
+    ("input", "{}"), ("parameters", "{:,}"), ("median_ms", "{:.3f}"), ("overhead_pct", "{:+.1f}%"),
+]
 HOST_COLUMNS = [
     ("set", "{}"), ("tensors", "{}"), ("steady_us", "{:.1f}"), ("steady_us_per_tensor", "{:.2f}"),
     ("cold_us", "{:.1f}"), ("launched_us", "{:.1f}"),
@@ -182,6 +209,72 @@ def optimizers(args, repeats: int) -> list[dict]:
     return rows
 
 
+def training_setup(workload: Workload, optimizer_name: str, device: str, capturable: bool = False,
+                   seed: int = 0) -> tuple[torch.nn.Module, torch.optim.Optimizer, Callable[[], None]]:
+    """``(model, optimizer, step)`` for one training run of ``workload``: the model in float32 on
+    ``device``, initialised from ``seed`` (the same weights whatever the optimizer), the optimizer
+    ``optimizer_name`` of :data:`OPTIMIZERS` over its parameters (``capturable``: the form a CUDA
+    graph can capture), and one static batch sampled from ``seed``. ``step()`` runs one whole
+    training step on that batch and mutates the parameters, their gradients, the model's buffers
+    (batch-norm statistics) and the optimizer's state."""
+    torch.manual_seed(seed)
+    model = workload.build().to(device)
+    inputs, targets = (t.to(device) for t in workload.sample(torch.Generator().manual_seed(seed)))
+    optimizer = make_optimizer(optimizer_name, list(model.parameters()), capturable)
+
+    def step() -> None:
+        # In place rather than set to None: a CUDA graph replays into the gradient buffers it
+        # captured, and the eager step zeroes them too, so that both modes do the same work.
+        optimizer.zero_grad(set_to_none=False)
+        with torch.autocast(device_type=device, dtype=torch.bfloat16):
+            logits = model(inputs)
+            loss = F.cross_entropy(logits.flatten(0, -2), targets.flatten())
+        loss.backward()
+        optimizer.step()
+
+    return model, optimizer, step
+
+
+def training_rows(workload: Workload, device: str, repeats: int) -> list[dict]:
+    """One row per optimizer of :data:`OPTIMIZERS` and mode: the median seconds of a whole training
+    step of ``workload`` (eager; on CUDA also replayed from a CUDA graph) and its overhead in
+    percent over ``adamw-fused`` in the same mode. On a CPU the eager steps of the optimizers take
+    turns within each of ``repeats`` rounds (:func:`cpu_medians`)."""
+    runs = {name: training_setup(workload, name, device) for name in OPTIMIZERS}
+    steps = {name: step for name, (_, _, step) in runs.items()}
+    parameters = sum(p.numel() for p in runs["adamw-fused"][0].parameters())
+    if device == "cuda":
+        seconds = {"eager": {name: cuda_median(step, TRAINING_REP_MS) for name, step in steps.items()}}
+    else:
+        seconds = {"eager": cpu_medians(steps, lambda: None, repeats)}
+    del runs, steps
+    if device == "cuda":
+        seconds["graph"] = {}
+        for name in OPTIMIZERS:  # one model at a time: a graph's memory pool lives as long as it does
+            step = training_setup(workload, name, device, capturable=True)[2]
+            seconds["graph"][name] = cuda_graph_median(step, TRAINING_WARM_UP_STEPS, TRAINING_REP_MS)
+            del step
+    return [{
+        "model": workload.model, "configuration": workload.configuration, "optimizer": name, "mode": mode,
+        "batch": workload.batch, "input": workload.input, "parameters": parameters, "median_ms": time_s * 1e3,
+        "overhead_pct": 100 * (time_s / by_optimizer["adamw-fused"] - 1), "device": device_name(device),
+    } for mode, by_optimizer in seconds.items() for name, time_s in by_optimizer.items()]
+
+
+def training_step(args) -> list[dict]:
+    """Rows of :func:`training_rows` for each model selected, in the tiny configuration on a CPU
+    unless ``--full``, in the full one on CUDA."""
+    configuration = "full" if args.full or args.device == "cuda" else "tiny"
+    rows = []
+    for model in tqdm(args.models or list(WORKLOADS), desc="training steps", unit="model", file=sys.stderr):
+        rows += training_rows(WORKLOADS[model][configuration], args.device, args.repeats or TRAINING_REPEATS)
+    print(f"device: {device_name(args.device)}; torch {torch.__version__}; whole training steps (forward, "
+          "backward, optimizer) in bf16 autocast; overhead_pct: over adamw-fused in the same model and mode")
+    print(format_table(rows, TRAINING_COLUMNS))
+    write_rows(rows, args, "-training-step")
+    return rows
+
+
 def write_rows(rows: list[dict], args, suffix: str = "") -> None:
     """Write ``{"meta": ..., "rows": rows}`` to ``--json`` and, with ``--save``, to the results folder."""
     for path in [args.json, result_path(args.device, suffix) if args.save else None]:
@@ -197,7 +290,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=sorted(DTYPES, reverse=True))
     parser.add_argument("--implementations", nargs="+", choices=IMPLEMENTATIONS, default=list(IMPLEMENTATIONS))
     parser.add_argument("--quick", action="store_true", help="the two CIFAR-size sets and fewer repeats")
-    parser.add_argument("--repeats", type=int, help="timed steps per implementation on a CPU (default 30, 10 with --quick)")
+    parser.add_argument("--repeats", type=int, help="timed steps per implementation on a CPU (default 30, 10 with --quick; "
+                        f"{TRAINING_REPEATS} with --training-step)")
     parser.add_argument("--json", type=Path, help="write the run's meta and rows to this JSON file")
     parser.add_argument("--save", action="store_true", help="write the run's meta and rows to benchmarks/results/<device>-<date>.json")
     parser.add_argument("--host-only", action="store_true",
@@ -205,6 +299,12 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--optimizers", action="store_true",
                         help="time GANAdamW against AdamW(fused=True) and GAN(AdamW(fused=True)) (default sets: "
                              + " ".join(OPTIMIZER_SETS) + ")")
+    parser.add_argument("--training-step", action="store_true",
+                        help="time whole training steps (forward, backward, optimizer; bf16 autocast) of each "
+                             "model with each optimizer, eager and on CUDA from a CUDA graph")
+    parser.add_argument("--models", nargs="+", choices=list(WORKLOADS), help="with --training-step; default: all")
+    parser.add_argument("--full", action="store_true",
+                        help="with --training-step: the full models and batches on a CPU too (the default on CUDA)")
     arguments = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(arguments)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -212,6 +312,8 @@ def main(argv=None) -> list[dict]:
     args.meta = run_meta(args.device, arguments)
     if args.host_only:
         return host_only(args)
+    if args.training_step:
+        return training_step(args)
     if args.optimizers:
         return optimizers(args, repeats=args.repeats or (10 if args.quick else 30))
     sets = args.sets or (QUICK_SETS if args.quick else list(SETS))

@@ -1,12 +1,17 @@
-"""The standalone runner end to end, on the smallest set; its warm-up and its results files."""
+"""The standalone runner end to end, on the smallest set; its warm-up, its training steps and its
+results files."""
 
+import collections
 import datetime
 import json
+import math
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
-from benchmarks import common, run
+from benchmarks import common, models, run, shapes
 
 RESULTS = Path(__file__).resolve().parent / "results"
 META_KEYS = {"date", "arguments", "device", "device_name", "cpu", "cpu_threads", "cpu_count", "gpu",
@@ -120,6 +125,119 @@ def test_every_optimizer_is_warmed_up_before_the_first_set(monkeypatch):
     first_set = events.index(("measure", "resnet20", "float32"))
     warmed = {event[1:] for event in events[:first_set]}
     assert warmed == {(name, dtype) for name in common.OPTIMIZERS for dtype in ("float32", "bfloat16")}
+
+
+# -- training steps ----------------------------------------------------------------------------
+
+
+def test_training_step_times_every_model_and_optimizer_eagerly_on_a_cpu(tmp_path, capsys):
+    path = tmp_path / "training.json"
+    rows = run.main(["--training-step", "--device", "cpu", "--json", str(path), "--repeats", "2"])
+    document = json.loads(path.read_text())
+    assert set(document) == {"meta", "rows"} and document["rows"] == rows and document["meta"]["device"] == "cpu"
+    assert [(r["model"], r["optimizer"], r["mode"]) for r in rows] == [
+        (model, name, "eager") for model in ("resnet56", "gpt2_small") for name in common.OPTIMIZERS]
+    for row in rows:
+        workload = models.WORKLOADS[row["model"]]["tiny"]
+        assert row["configuration"] == "tiny" and row["device"] == common.device_name("cpu")
+        assert (row["batch"], row["input"]) == (workload.batch, workload.input)
+        assert row["parameters"] == sum(p.numel() for p in workload.build().parameters())
+        assert math.isfinite(row["median_ms"]) and row["median_ms"] > 0
+        adamw = next(r for r in rows if (r["model"], r["mode"], r["optimizer"]) == (row["model"], row["mode"], "adamw-fused"))
+        assert row["overhead_pct"] == pytest.approx(100 * (row["median_ms"] / adamw["median_ms"] - 1))
+    assert [r["overhead_pct"] for r in rows if r["optimizer"] == "adamw-fused"] == [0.0, 0.0]
+    assert "overhead_pct" in capsys.readouterr().out
+
+
+def test_on_cuda_each_mode_is_measured_against_its_own_adamw_row(monkeypatch):
+    """The rows of a CUDA run with the setup and the timing stubbed, so that no GPU is needed:
+    eager and graph rows of every optimizer, each overhead over adamw-fused in the same mode."""
+    seconds = {("eager", "adamw-fused"): 0.010, ("eager", "gan+adamw-fused"): 0.0112, ("eager", "ganadamw"): 0.0103,
+               ("graph", "adamw-fused"): 0.008, ("graph", "gan+adamw-fused"): 0.0084, ("graph", "ganadamw"): 0.0081}
+
+    def setup(workload, name, device, capturable=False, seed=0):
+        def step():
+            pass
+        step.key = ("graph" if capturable else "eager", name)
+        return nn.Linear(2, 3), None, step
+
+    monkeypatch.setattr(run, "training_setup", setup)
+    monkeypatch.setattr(run, "cuda_median", lambda step, rep_ms: seconds[step.key])
+    monkeypatch.setattr(run, "cuda_graph_median", lambda step, warm_up_calls, rep_ms: seconds[step.key])
+    monkeypatch.setattr(run, "device_name", lambda device: "a GPU")
+    rows = run.training_rows(models.WORKLOADS["gpt2_small"]["full"], "cuda", repeats=1)
+    assert [(r["mode"], r["optimizer"]) for r in rows] == list(seconds)
+    for row in rows:
+        mode, name = row["mode"], row["optimizer"]
+        assert row["median_ms"] == pytest.approx(seconds[mode, name] * 1e3)
+        assert row["overhead_pct"] == pytest.approx(100 * (seconds[mode, name] / seconds[mode, "adamw-fused"] - 1))
+        assert (row["model"], row["configuration"], row["batch"], row["input"]) == ("gpt2_small", "full", 8, "seq 512")
+        assert row["parameters"] == 9 and row["device"] == "a GPU"
+
+
+def test_the_configuration_is_tiny_on_a_cpu_unless_full(monkeypatch):
+    chosen = []
+    monkeypatch.setattr(run, "training_rows", lambda workload, device, repeats: chosen.append(workload) or [{"model": workload.model}])
+    run.main(["--training-step", "--device", "cpu", "--models", "gpt2_small"])
+    run.main(["--training-step", "--device", "cpu", "--models", "resnet56", "--full"])
+    assert chosen == [models.WORKLOADS["gpt2_small"]["tiny"], models.WORKLOADS["resnet56"]["full"]]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_training_step_on_cuda_without_a_device_is_an_error(capsys):
+    with pytest.raises(SystemExit):
+        run.main(["--training-step", "--device", "cuda"])
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def eligible_shapes(model: nn.Module, conv1d: bool = False) -> collections.Counter:
+    """The multiset of a model's weight shapes (ndim > 1); ``conv1d``: linear weights transposed to
+    the in x out layout of GPT-2's Conv1D, as :func:`benchmarks.shapes.gpt2_small` lists them."""
+    found = collections.Counter()
+    for module in model.modules():
+        for parameter in module.parameters(recurse=False):
+            if parameter.ndim > 1:
+                transpose = conv1d and isinstance(module, nn.Linear)
+                found[tuple(parameter.shape[::-1] if transpose else parameter.shape)] += 1
+    return found
+
+
+def test_gpt2_small_has_gpt2s_parameters_and_the_benchmarked_shapes():
+    with torch.device("meta"):
+        model = models.gpt2()
+        logits = model(torch.zeros(2, 16, dtype=torch.long))
+    assert sum(p.numel() for p in model.parameters()) == 124_439_808  # GPT-2 small's published count
+    assert eligible_shapes(model, conv1d=True) == collections.Counter(shapes.gpt2_small())
+    assert logits.shape == (2, 16, 50257)  # the head is the token embedding, counted once
+
+
+def test_the_full_resnet56_has_the_benchmarked_shapes():
+    with torch.device("meta"):
+        model = models.WORKLOADS["resnet56"]["full"].build()
+    assert eligible_shapes(model) == collections.Counter(shapes.cifar_resnet(56))
+
+
+@pytest.mark.parametrize("model", list(models.WORKLOADS))
+def test_one_training_step_moves_every_parameter_and_applies_gan(model):
+    """One eager step of each optimizer from the same initialisation: Adam's first step moves every
+    tensor by about lr (1e-3; weight decay alone would be some 1e-5), GAN(AdamW) and GANAdamW agree,
+    and both differ from AdamW alone on the weights GAN transforms."""
+    workload = models.WORKLOADS[model]["tiny"]
+    initial, after = None, {}
+    for name in common.OPTIMIZERS:
+        network, _, step = run.training_setup(workload, name, "cpu")
+        before = [p.detach().clone() for p in network.parameters()]
+        if initial is None:
+            initial = before
+        assert all(torch.equal(a, b) for a, b in zip(before, initial))
+        step()
+        after[name] = [p.detach().clone() for p in network.parameters()]
+        for a, b in zip(after[name], before):
+            assert 0.5e-3 < (a - b).abs().max() <= 1.02e-3, name
+    for a, b in zip(after["gan+adamw-fused"], after["ganadamw"]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    eligible = [i for i, p in enumerate(initial) if p.ndim > 1]
+    assert max((after["adamw-fused"][i] - after["ganadamw"][i]).abs().max() for i in eligible) > 1e-4
 
 
 # -- results files -------------------------------------------------------------------------------
