@@ -202,9 +202,10 @@ def test_schedulers_tensor_lr_and_zero_grad(backend):
     assert all(p.grad is None for p in ours)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_grad_scaler_unscales_before_the_step(backend):
-    (ours, fused), (theirs, composed) = pair({"lr": 1e-2}, backend=backend)
+@pytest.mark.parametrize("backend,flags", [("torch", {}), ("triton", {}), ("triton", {"fused": True})],
+                         ids=["torch", "triton", "triton-fused"])
+def test_grad_scaler_unscales_before_the_step(backend, flags):
+    (ours, fused), (theirs, composed) = pair({"lr": 1e-2, **flags}, backend=backend)
     scalers = [torch.amp.GradScaler(DEVICE, init_scale=2.0**10) for _ in range(2)]
     for step in range(2):
         for params, opt, scaler in ((ours, fused, scalers[0]), (theirs, composed, scalers[1])):
