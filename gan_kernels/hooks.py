@@ -10,14 +10,15 @@ step) runs GAN right after the closure, before the update. The optimizer's own s
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from . import optim
 from .functional import check_backend, step
-from .optim import default_eligible, eligible_gradients
+from .optim import closure_then_gan, default_eligible, eligible_gradients
 from .rule import Rule, check_rule
 from .state import GANState, GANStats
 from .validation import check_mode
@@ -56,17 +57,12 @@ class Attachment:
         if closure is None:
             self._apply(optimizer)
             return None
-
         # A step given a closure (Lightning's, which runs backward and clipping) computes the
         # gradients inside the step, after this hook: GAN then runs right after the closure.
-        def closure_then_gan():
-            loss = closure()
-            self._apply(optimizer)
-            return loss
-
+        with_gan = closure_then_gan(closure, lambda: self._apply(optimizer))
         if "closure" in kwargs:
-            return args, {**kwargs, "closure": closure_then_gan}
-        return (args[0], closure_then_gan, *args[2:]), kwargs
+            return args, {**kwargs, "closure": with_gan}
+        return (args[0], with_gan, *args[2:]), kwargs
 
     @torch.no_grad()
     def _apply(self, optimizer: torch.optim.Optimizer) -> None:
@@ -122,32 +118,79 @@ def attach(
         An :class:`Attachment` with ``gan_state``, ``last_stats`` and ``remove()``.
 
     Raises:
-        RuntimeError: if GAN is attached to ``optimizer`` already.
+        RuntimeError: if GAN runs on ``optimizer`` already (attached, wrapped by a ``GAN``, a
+            ``GAN`` or ``GANAdamW`` itself, or an optimizer inside it): GAN is applied once.
     """
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"attach takes a torch.optim.Optimizer, got {type(optimizer).__name__}")
     if eligible is not None and not callable(eligible):
         raise TypeError(f"eligible must be a callable param -> bool, got {type(eligible).__name__}")
-    if optimizer in _attached:
-        raise RuntimeError(f"GAN is attached to this {type(optimizer).__name__} already; remove() that attachment first")
+    refuse_second_gan(optimizer, "attach() cannot add a second")
     attachment = _attached[optimizer] = Attachment(
         optimizer, check_mode(mode), check_backend(backend), eligible or default_eligible, check_rule(rule)
     )
     return attachment
 
 
-def innermost(optimizer: Any) -> torch.optim.Optimizer:
-    """The torch optimizer inside the wrappers frameworks put around it (accelerate's
+def layers(optimizer: Any) -> Iterator[Any]:
+    """``optimizer``, then each optimizer wrapped inside it, outermost first (accelerate's
     ``AcceleratedOptimizer`` keeps it in ``.optimizer``, Lightning's ``LightningOptimizer`` in
-    ``._optimizer``): where a step pre-hook runs after the framework has unscaled and clipped the
-    gradients."""
-    seen = {id(optimizer)}
-    while True:
-        inner = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)
-        if inner is None or id(inner) in seen:
-            break
-        seen.add(id(inner))
-        optimizer = inner
+    ``._optimizer``, a :class:`~gan_kernels.GAN` in ``.optimizer``)."""
+    seen = set()
+    while optimizer is not None and id(optimizer) not in seen:
+        seen.add(id(optimizer))
+        yield optimizer
+        optimizer = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)
+
+
+def innermost(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer inside the wrappers frameworks put around it (see :func:`layers`):
+    where a step pre-hook runs after the framework has unscaled and clipped the gradients."""
+    *_, optimizer = layers(optimizer)
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"no torch.optim.Optimizer inside {type(optimizer).__name__}")
     return optimizer
+
+
+def running_gan(optimizer: Any, *, wrapped: bool = True) -> tuple[Any, str] | None:
+    """The GAN that already runs when ``optimizer`` steps, with where it is, in words; None when
+    there is none. It is found at any of its :func:`layers`: a :class:`~gan_kernels.GANAdamW`,
+    a :class:`~gan_kernels.GAN`, an optimizer GAN is attached to (the :class:`Attachment`) or,
+    with ``wrapped``, one a live ``GAN`` wraps (that wrapper, whose step steps it). Each has
+    ``gan_state`` and ``last_stats``."""
+    for layer in layers(optimizer):
+        name = type(layer).__name__
+        if isinstance(layer, optim.GANAdamW):
+            return layer, "it is a GANAdamW, which applies GAN itself"
+        if isinstance(layer, optim.GAN):
+            return layer, f"it is a GAN(...) wrapper (of a {type(layer.optimizer).__name__}), which applies GAN itself"
+        if not isinstance(layer, torch.optim.Optimizer):
+            continue
+        if layer in _attached:
+            return _attached[layer], f"GAN is attached to this {name} already; remove() that attachment first"
+        wrapper = next(iter(optim.wrappers.get(layer, ())), None) if wrapped else None
+        if wrapper is not None:
+            return wrapper, f"this {name} is already wrapped by GAN(...), whose step applies GAN"
+    return None
+
+
+def refuse_second_gan(optimizer: Any, action: str, *, wrapped: bool = True) -> None:
+    """Raise ``RuntimeError`` saying where GAN already runs on ``optimizer`` (as
+    :func:`running_gan` finds it), if it does: GAN is applied once per step, never twice."""
+    found = running_gan(optimizer, wrapped=wrapped)
+    if found is not None:
+        raise RuntimeError(f"GAN already runs on this optimizer, so {action} GAN: {found[1]}")
+
+
+def use_or_attach(
+    optimizer: Any, *, mode: str, backend: str, eligible: Callable[[Tensor], bool] | None, rule: Rule | None
+) -> tuple[Any, Attachment | None]:
+    """GAN on a framework's ``optimizer`` exactly once, for the callbacks: the GAN already running
+    on it (see :func:`running_gan`; the arguments then do not apply), or else a new
+    :func:`attach` to the torch optimizer inside it. Returns the GAN in use (it has ``gan_state``
+    and ``last_stats``) and the attachment made, or None when none was made."""
+    found = running_gan(optimizer)
+    if found is not None:
+        return found[0], None
+    attachment = attach(innermost(optimizer), mode=mode, backend=backend, eligible=eligible, rule=rule)
+    return attachment, attachment

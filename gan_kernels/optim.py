@@ -4,6 +4,7 @@ step of any optimizer, and ``GANAdamW``, AdamW with GAN fused into its update.""
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from itertools import chain
@@ -33,6 +34,11 @@ _HOOK_REGISTRIES = (
     "_optimizer_load_state_dict_pre_hooks",
     "_optimizer_load_state_dict_post_hooks",
 )
+
+
+# Each optimizer that a live GAN wraps, with those wrappers, so that attach() does not add a second
+# GAN to it. Weak both ways: a wrapper its user drops frees the optimizer.
+wrappers: weakref.WeakKeyDictionary[torch.optim.Optimizer, weakref.WeakSet] = weakref.WeakKeyDictionary()
 
 
 def eligible_gradient(grad: Tensor | None) -> bool:
@@ -83,6 +89,11 @@ class GAN(torch.optim.Optimizer):
             raise TypeError(f"GAN wraps a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if eligible is not None and not callable(eligible):
             raise TypeError(f"eligible must be a callable param -> bool, got {type(eligible).__name__}")
+        # Imported here: hooks builds on this module.
+        from .hooks import refuse_second_gan
+
+        # A second wrapper of the same optimizer is not refused: stepping either applies GAN once.
+        refuse_second_gan(optimizer, "GAN(...) cannot wrap it", wrapped=False)
         self.optimizer = optimizer
         self.mode = check_mode(mode)
         self.backend = check_backend(backend)
@@ -100,6 +111,7 @@ class GAN(torch.optim.Optimizer):
         for name in _HOOK_REGISTRIES:
             setattr(self, name, OrderedDict())
         self._patch_step_function()
+        wrappers.setdefault(optimizer, weakref.WeakSet()).add(self)
 
     @property
     def last_stats(self) -> GANStats | None:
@@ -138,12 +150,21 @@ class GAN(torch.optim.Optimizer):
         return eligible_gradients(self.param_groups, self.eligible)
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Evaluate ``closure`` (with grad enabled) if given, apply GAN to the eligible gradients in
-        place, then step the wrapped optimizer. Returns the closure's result (or None)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        """Apply GAN to the eligible gradients in place, then step the wrapped optimizer; returns
+        what its step returns (the closure's loss, or None).
+
+        Without a closure GAN runs first. With one, the wrapped optimizer gets a closure that
+        evaluates ``closure`` (with grad enabled) and then applies GAN, so every gradient it
+        evaluates is transformed: once for an optimizer that evaluates the closure once (every
+        first-order torch optimizer), once per evaluation for one such as LBFGS, each advancing
+        ``gan_state.step`` and replacing ``last_stats``."""
+        if closure is None:
+            self._apply()
+            return self.optimizer.step()
+        return self.optimizer.step(closure_then_gan(closure, self._apply))
+
+    def _apply(self) -> None:
+        """GAN on the eligible gradients, in place."""
         grads = self.eligible_grads()
         if torch.compiler.is_compiling():
             self._last["stats"] = gan_(grads, self.gan_state, mode=self.mode, backend=self.backend, rule=self.rule)
@@ -151,8 +172,6 @@ class GAN(torch.optim.Optimizer):
             # The plan of the last step is tried first, and held: its tables and scratch live as
             # long as this optimizer, whatever else goes through the plan cache.
             self._last["stats"], self._plan = step(grads, self.gan_state, self.mode, self.backend, self._plan, self.rule)
-        self.optimizer.step()
-        return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)
@@ -191,13 +210,27 @@ class GANAdamW(torch.optim.AdamW):
     finite step, but each gradient is read twice (statistics, then the update that transforms it on
     the fly) and never written: after ``step``, ``p.grad`` still holds the raw gradient.
 
-    Arguments are torch's AdamW's (``lr`` may be a tensor, for CUDA graphs), plus ``mode``,
-    ``eligible``, ``backend`` and ``rule`` as for :class:`GAN`. Parameter groups, LR schedulers,
-    ``zero_grad`` and ``torch.amp.GradScaler`` (unscaling before the step) work as with AdamW.
-    The state is torch's AdamW's (``step`` as a float32 tensor on the parameter's device,
-    ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` with amsgrad; in the parameter's dtype) and
-    ``state_dict()`` adds the :class:`GANState` under ``"gan"``, so checkpoints move between
-    ``GANAdamW`` and ``GAN(torch.optim.AdamW(...))`` both ways.
+    Arguments are every argument of torch's AdamW, with torch's meaning (``lr`` may be a tensor,
+    for CUDA graphs), plus ``mode``, ``eligible``, ``backend`` and ``rule`` as for :class:`GAN`.
+    Like torch, the flags live in each parameter group (``defaults`` and ``state_dict``):
+
+    * ``fused``: ``True`` runs the fused kernels, and a step they cannot run raises
+      ``RuntimeError`` saying why (checked at the step, as torch checks devices and dtypes);
+      ``False`` never runs them; ``None`` (default) runs them where they can run.
+    * ``foreach``: ``True`` / ``False`` take torch's multi-tensor / for-loop AdamW after GAN on
+      copies of the gradients, never the fused kernels (as in torch, setting ``foreach`` alone
+      means not fused); ``None`` (default) leaves the choice to ``fused``.
+    * ``capturable``: keeps ``step`` on the parameter's device (so does a fused step, as in torch;
+      a for-loop or foreach step keeps it on the CPU, as torch does). A fused step never
+      synchronises and so is graph-safe with or without the flag; ``capturable=True`` with a
+      foreach or for-loop step is refused, because those read the non-finite flag on the host.
+    * ``differentiable=True`` is refused: GAN is autograd-free.
+
+    Parameter groups, LR schedulers, ``zero_grad`` and ``torch.amp.GradScaler`` (unscaling
+    before the step) work as with AdamW. The state is torch's AdamW's (``step`` as a float32
+    tensor, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` with amsgrad; in the parameter's
+    dtype) and ``state_dict()`` adds the :class:`GANState` under ``"gan"``, so checkpoints move
+    between ``GANAdamW`` and ``GAN(torch.optim.AdamW(...))`` both ways.
 
     On CUDA (and CPU tensors under ``TRITON_INTERPRET=1`` with ``backend="triton"``) a step is the
     statistics and finalize launches then one update launch per parameter dtype, with no host
@@ -215,9 +248,13 @@ class GANAdamW(torch.optim.AdamW):
         betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 1e-2,
-        *,
         amsgrad: bool = False,
+        *,
         maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
         mode: str = "gan",
         eligible: Callable[[Tensor], bool] | None = None,
         backend: str = "auto",
@@ -229,7 +266,22 @@ class GANAdamW(torch.optim.AdamW):
         self.backend = check_backend(backend)
         self.eligible = eligible or default_eligible
         self.rule = check_rule(rule)
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize)
+        if differentiable:
+            raise ValueError("GANAdamW does not support differentiable=True: GAN is autograd-free (its statistics and "
+                             "update run under no_grad), so no gradient could flow through the step")
+        if fused:
+            if self.backend == "torch":
+                raise ValueError("fused=True contradicts backend='torch': the fused kernels are Triton kernels")
+            if self.mode == "gc":
+                raise ValueError("fused=True is not available in mode 'gc', which runs on the PyTorch fallback")
+        if capturable and not _fused_form({"fused": fused, "foreach": foreach}):
+            raise ValueError("capturable=True needs a fused step (fused=True, or fused and foreach left None): a foreach "
+                             "or for-loop step reads the non-finite flag on the host, which a CUDA graph cannot capture")
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
+                         foreach=foreach, capturable=capturable, differentiable=differentiable, fused=fused)
+        # torch's fused AdamW unscales inside its own step; this one needs the scaler to unscale
+        # before it (GAN's alpha depends on the true gradients), whatever ``fused`` says.
+        self._step_supports_amp_scaling = False
         first = next((p for group in self.param_groups for p in group["params"]), None)
         self.gan_state = GANState(device=first.device if first is not None else None)
         self._last: dict[str, GANStats] = {}
@@ -279,7 +331,12 @@ class GANAdamW(torch.optim.AdamW):
         for flag in flags:
             eligible.append(slot if flag else -1)
             slot += flag
-        plan = self._fused_plan(params, grads, states, eligible, groups) if slot else None
+        kernels = all(_fused_form(group) for group in self.param_groups)
+        plan = self._fused_plan(params, grads, states, eligible, groups) if slot and kernels else None
+        if plan is None and slot and any(group["fused"] for group in self.param_groups):
+            reason = self._unfused_reason(params, grads, states) if kernels else "a parameter group has fused=False or foreach set"
+            raise RuntimeError(f"GANAdamW(fused=True) cannot run its fused kernels for this step: {reason}; "
+                               "fused=None falls back to GAN on copies then torch's AdamW")
         if plan is None:
             self._held = None
             self._last["stats"] = self._fallback_step(params, grads, states, eligible, groups)
@@ -305,6 +362,8 @@ class GANAdamW(torch.optim.AdamW):
         params = [p for group in groups for p in group["params"]]
         if list(map(id, params)) != held.param_ids or [len(group["params"]) for group in groups] != held.group_sizes:
             return None
+        if not all(map(_fused_form, groups)):  # a group's fused/foreach flags changed since
+            return None
         grads = list(map(_grad, params))
         present = [g for g in grads if g is not None]
         try:
@@ -322,11 +381,11 @@ class GANAdamW(torch.optim.AdamW):
         return held
 
     def _state(self, p: Tensor, group: dict) -> dict:
-        """The parameter's AdamW state, created as torch does (the step on the parameter's device,
-        as for a fused or capturable AdamW)."""
+        """The parameter's AdamW state, created as torch does (the step on the parameter's device
+        for a fused or capturable group, on the CPU otherwise)."""
         state = self.state[p]
         if not state:
-            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            state["step"] = torch.zeros((), dtype=torch.float32, device=_step_device(p, group))
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             if group["amsgrad"]:
@@ -360,15 +419,35 @@ class GANAdamW(torch.optim.AdamW):
                tuple((s["exp_avg"].data_ptr(), s["exp_avg_sq"].data_ptr(), s["step"].data_ptr()) for s in states))
         if key == self._plan_key:
             return self._plan
-        from .kernels.fused import AdamWPlan, fusable
+        from .kernels.fused import AdamWPlan
 
-        device = params[0].device
         plan = None
-        usable = all(p.device == device for p in params) and plans.uses_triton(params, self.backend)
-        if usable and fusable(params, grads, states):
-            plan = AdamWPlan(params, grads, states, eligible, groups, len(self.param_groups), device)
+        if self._unfused_reason(params, grads, states) is None:
+            plan = AdamWPlan(params, grads, states, eligible, groups, len(self.param_groups), params[0].device)
         self._plan, self._plan_key = plan, key
         return plan
+
+    def _unfused_reason(self, params, grads, states) -> str | None:
+        """Why the fused kernels cannot take a step over these parameters (with eligible
+        gradients), in words, or None when they can."""
+        from .kernels.fused import fusable
+
+        if self.mode == "gc":
+            return "mode 'gc' runs on the PyTorch fallback"
+        device = params[0].device
+        if any(p.device != device for p in params):
+            return "the parameters are on more than one device"
+        if not plans.uses_triton(params, self.backend):
+            if self.backend == "torch":
+                return "backend='torch' chooses the PyTorch fallback"
+            if any(p.dtype not in plans.TRITON_DTYPES for p in params):
+                return "a parameter is float64; the kernels take float32, float16 and bfloat16"
+            return (f"backend='auto' runs the kernels on CUDA tensors on a supported GPU, not on {device.type} tensors "
+                    "(backend='triton' runs them on the CPU under TRITON_INTERPRET=1)")
+        if not fusable(params, grads, states):
+            return ("a parameter, its gradient or its state differs from it in dtype or strides, or is not dense and "
+                    "16-byte aligned")
+        return None
 
     def _fallback_step(self, params, grads, states, eligible, groups) -> GANStats:
         """GAN on copies of the eligible gradients (so ``p.grad`` keeps the raw gradient), then
@@ -385,20 +464,24 @@ class GANAdamW(torch.optim.AdamW):
         transformed = iter(self._scratch)
         inputs = [next(transformed) if slot >= 0 else g if g.stride() == p.stride() else torch.empty_like(p, memory_format=torch.preserve_format).copy_(g)
                   for p, g, slot in zip(params, grads, eligible)]
-        fused = all(_fused_adamw_supported(p) for p in params)
-        if not fused and stats.nonfinite.item():
+        members = [[i for i, k in enumerate(groups) if k == j] for j in range(len(self.param_groups))]
+        # A group whose flags choose a fused step takes torch's fused AdamW where torch offers it;
+        # the others take the foreach or for-loop form their ``foreach`` names.
+        fused = [_fused_form(group) and all(_fused_adamw_supported(params[i]) for i in chosen)
+                 for group, chosen in zip(self.param_groups, members)]
+        if not all(fused) and stats.nonfinite.item():
             return stats
-        for j, group in enumerate(self.param_groups):
-            members = [i for i, k in enumerate(groups) if k == j]
-            if not members:
+        for group, chosen, group_fused in zip(self.param_groups, members, fused):
+            if not chosen:
                 continue
             beta1, beta2 = group["betas"]
             adamw(
-                [params[i] for i in members], [inputs[i] for i in members],
-                [states[i]["exp_avg"] for i in members], [states[i]["exp_avg_sq"] for i in members],
-                [states[i]["max_exp_avg_sq"] for i in members] if group["amsgrad"] else [],
-                [states[i]["step"] for i in members],
-                fused=fused, found_inf=stats.nonfinite.to(torch.float32) if fused else None,
+                [params[i] for i in chosen], [inputs[i] for i in chosen],
+                [states[i]["exp_avg"] for i in chosen], [states[i]["exp_avg_sq"] for i in chosen],
+                [states[i]["max_exp_avg_sq"] for i in chosen] if group["amsgrad"] else [],
+                [states[i]["step"] for i in chosen],
+                foreach=None if group_fused else group["foreach"], capturable=group["capturable"],
+                fused=group_fused, found_inf=stats.nonfinite.to(torch.float32) if group_fused else None,
                 amsgrad=group["amsgrad"], beta1=beta1, beta2=beta2, lr=group["lr"],
                 weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"],
             )
@@ -426,9 +509,11 @@ class GANAdamW(torch.optim.AdamW):
             gan_state = state_dict.pop("gan", None)
             with hooks_suspended(self):
                 super(GANAdamW, self).load_state_dict(state_dict)
-            for p, state in self.state.items():
-                if "step" in state:
-                    state["step"] = torch.as_tensor(state["step"], dtype=torch.float32).to(p.device)
+            for group in self.param_groups:
+                for p in group["params"]:
+                    state = self.state.get(p)
+                    if state and "step" in state:
+                        state["step"] = torch.as_tensor(state["step"], dtype=torch.float32).to(_step_device(p, group))
             if gan_state is not None:
                 self.gan_state.load_state_dict(gan_state)
             self._plan_key = self._held = None
@@ -516,6 +601,21 @@ def hooks_suspended(optimizer: torch.optim.Optimizer) -> Iterator[None]:
             setattr(optimizer, name, hooks)
 
 
+def closure_then_gan(closure: Callable[[], Any], apply: Callable[[], None]) -> Callable[[], Any]:
+    """The closure to hand an optimizer's step in place of ``closure``: it evaluates ``closure``
+    with grad enabled (it computes the gradients), then calls ``apply()`` (GAN on them), and
+    returns the closure's result. An optimizer that evaluates its closure several times in one
+    step (LBFGS) so gets GAN on each gradient it evaluates."""
+
+    def evaluate_then_gan() -> Any:
+        with torch.enable_grad():
+            loss = closure()
+        apply()
+        return loss
+
+    return evaluate_then_gan
+
+
 def eligible_gradients(param_groups: list[dict[str, Any]], eligible: Callable[[Tensor], bool]) -> list[Tensor]:
     """The gradients ``eligible`` chooses among the parameters of ``param_groups``, in order."""
     params = [p for group in param_groups for p in group["params"]]
@@ -523,6 +623,18 @@ def eligible_gradients(param_groups: list[dict[str, Any]], eligible: Callable[[T
         # The default rule needs only the gradients: one pass over them, at every step.
         return list(filter(eligible_gradient, map(_grad, params)))
     return [p.grad for p in params if p.grad is not None and eligible(p)]
+
+
+def _fused_form(group: dict[str, Any]) -> bool:
+    """Whether a parameter group's flags choose a fused step: ``fused=True``, or neither ``fused``
+    nor ``foreach`` set (GANAdamW's default, where torch's is foreach)."""
+    return bool(group["fused"]) or (group["fused"] is None and group["foreach"] is None)
+
+
+def _step_device(p: Tensor, group: dict[str, Any]) -> torch.device:
+    """Where torch keeps a parameter's AdamW ``step``: on its device for a fused or capturable
+    group (the kernels read it there), on the CPU otherwise (a host number costs no launch)."""
+    return p.device if group["capturable"] or _fused_form(group) else torch.device("cpu")
 
 
 def _fused_adamw_supported(p: Tensor) -> bool:

@@ -202,9 +202,10 @@ def test_schedulers_tensor_lr_and_zero_grad(backend):
     assert all(p.grad is None for p in ours)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_grad_scaler_unscales_before_the_step(backend):
-    (ours, fused), (theirs, composed) = pair({"lr": 1e-2}, backend=backend)
+@pytest.mark.parametrize("backend,flags", [("torch", {}), ("triton", {}), ("triton", {"fused": True})],
+                         ids=["torch", "triton", "triton-fused"])
+def test_grad_scaler_unscales_before_the_step(backend, flags):
+    (ours, fused), (theirs, composed) = pair({"lr": 1e-2, **flags}, backend=backend)
     scalers = [torch.amp.GradScaler(DEVICE, init_scale=2.0**10) for _ in range(2)]
     for step in range(2):
         for params, opt, scaler in ((ours, fused, scalers[0]), (theirs, composed, scalers[1])):
@@ -249,3 +250,81 @@ def test_bad_input():
     with pytest.raises(RuntimeError, match="sparse"):
         opt.step()
     assert torch.equal(embedding.weight, before) and opt.gan_state.step.item() == 0
+
+
+# torch's AdamW arguments that GANAdamW takes differently: none (a new one must be listed here,
+# with its meaning in GANAdamW, or accepted).
+KNOWN_DIFFERENCES: dict[str, str] = {}
+
+
+def test_every_torch_adamw_argument_is_accepted_with_its_default():
+    import inspect
+
+    ours = inspect.signature(GANAdamW).parameters
+    for name, theirs in inspect.signature(torch.optim.AdamW).parameters.items():
+        if name in KNOWN_DIFFERENCES:
+            continue
+        assert name in ours, f"torch.optim.AdamW's {name!r} is missing from GANAdamW"
+        assert (ours[name].default, ours[name].kind) == (theirs.default, theirs.kind), name
+    assert all(ours[name].kind is inspect.Parameter.KEYWORD_ONLY for name in ("mode", "eligible", "backend", "rule"))
+
+
+@pytest.mark.parametrize(
+    "flags,form",
+    [({}, "kernels"), ({"fused": True}, "kernels"), ({"fused": False}, (False, None)),
+     ({"foreach": True}, (False, True)), ({"foreach": False}, (False, False)), ({"fused": False, "foreach": True}, (False, True))],
+    ids=["default", "fused", "not-fused", "foreach", "for-loop", "not-fused-foreach"],
+)
+def test_fused_and_foreach_choose_the_form_of_the_step(flags, form, monkeypatch):
+    """``fused`` and ``foreach`` choose the kernels or torch's AdamW form after GAN on copies, with
+    torch's meaning; every form equals GAN(AdamW(same flags)), and the flags travel in the groups."""
+    import gan_kernels.optim
+
+    calls = []
+    torch_adamw = gan_kernels.optim.adamw
+    monkeypatch.setattr(gan_kernels.optim, "adamw", lambda *a, **k: calls.append((k["fused"], k["foreach"])) or torch_adamw(*a, **k))
+    (ours, fused), (theirs, composed) = pair({"lr": 1e-2, **flags}, backend="triton")
+    for step in range(2):
+        set_grads(ours, step)
+        set_grads(theirs, step)
+        fused.step()
+        composed.step()
+        assert_close(ours, theirs, torch.float32)
+    assert calls == ([] if form == "kernels" else [form, form])
+    torch_state = composed.state_dict()["param_groups"][0]
+    assert all(fused.param_groups[0][k] == torch_state[k] for k in ("foreach", "fused", "capturable", "differentiable"))
+    # torch keeps the step on the device for a fused or capturable AdamW, on the CPU otherwise;
+    # GANAdamW's default is fused.
+    device = torch.device(DEVICE) if form == "kernels" else torch.device("cpu")
+    assert all(fused.state[p]["step"].device == device for p in ours)
+    resumed = GANAdamW(make_params(), backend="triton")
+    resumed.load_state_dict(copy.deepcopy(composed.state_dict()))  # a torch AdamW checkpoint brings its flags
+    assert resumed.param_groups[0]["foreach"] == flags.get("foreach") and resumed.param_groups[0]["fused"] == flags.get("fused")
+    assert all(s["step"].device == device for s in resumed.state.values())
+
+
+def test_fused_true_raises_where_the_kernels_cannot_run_and_changes_nothing():
+    params = [torch.nn.Parameter(torch.randn(4, 5, dtype=torch.float64, device=DEVICE))]
+    opt = GANAdamW(params, fused=True, backend="triton")
+    params[0].grad = torch.randn_like(params[0])
+    before = params[0].detach().clone()
+    with pytest.raises(RuntimeError, match="fused=True.*cannot run its fused kernels.*float64"):
+        opt.step()
+    assert torch.equal(params[0], before) and opt.gan_state.step.item() == 0
+
+
+def test_torch_flags_that_contradict_gan_are_refused():
+    params = [torch.nn.Parameter(torch.randn(3, 3))]
+    with pytest.raises(ValueError, match="differentiable=True: GAN is autograd-free"):
+        GANAdamW(params, differentiable=True)
+    with pytest.raises(ValueError, match="fused=True contradicts backend='torch'"):
+        GANAdamW(params, fused=True, backend="torch")
+    with pytest.raises(ValueError, match="fused=True is not available in mode 'gc'"):
+        GANAdamW(params, fused=True, mode="gc")
+    with pytest.raises(ValueError, match="capturable=True needs a fused step"):
+        GANAdamW(params, capturable=True, foreach=True)
+    with pytest.raises(RuntimeError, match="`fused` and `foreach` cannot be `True` together"):  # torch's own
+        GANAdamW(params, fused=True, foreach=True)
+    opt = GANAdamW(params, fused=True, capturable=True)
+    assert opt.defaults["fused"] and opt.defaults["capturable"]
+    assert not opt._step_supports_amp_scaling  # a GradScaler unscales before GAN sees the gradients

@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from gan_kernels import GAN, attach
+from gan_kernels import GAN, GANAdamW, GANState, attach, gan_
 from gan_kernels.hooks import innermost
+from gan_kernels.optim import default_eligible
 
 HOOK_REGISTRIES = ("_optimizer_step_pre_hooks", "_optimizer_state_dict_post_hooks", "_optimizer_load_state_dict_pre_hooks")
 
@@ -164,3 +165,90 @@ def test_a_step_with_a_closure_applies_gan_after_the_closure():
             optimizer.step(closure)
     for a, b in zip(ours.parameters(), theirs.parameters()):
         assert torch.equal(a, b)
+
+
+def sgd():
+    return torch.optim.SGD(make_model().parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize(
+    "second,match",
+    [
+        (lambda: GAN(GAN(sgd())), r"GAN\(\.\.\.\) wrapper \(of a SGD\), which applies GAN itself"),
+        (lambda: GAN(GANAdamW(make_model().parameters())), "GANAdamW, which applies GAN itself"),
+        (lambda: attach(GANAdamW(make_model().parameters())), "GANAdamW, which applies GAN itself"),
+        (lambda: attach(GAN(sgd())), r"GAN\(\.\.\.\) wrapper"),
+    ],
+    ids=["wrap-a-wrapper", "wrap-GANAdamW", "attach-GANAdamW", "attach-a-wrapper"],
+)
+def test_gan_on_an_optimizer_that_applies_gan_itself_is_refused(second, match):
+    with pytest.raises(RuntimeError, match=match):
+        second()
+
+
+def test_gan_is_never_added_where_it_is_attached_or_wrapping():
+    opt = sgd()
+    before = {name: dict(getattr(opt, name)) for name in HOOK_REGISTRIES}
+    handle = attach(opt)
+    with pytest.raises(RuntimeError, match="attached to this SGD already; remove"):
+        GAN(opt)
+    handle.remove()
+    assert {name: dict(getattr(opt, name)) for name in HOOK_REGISTRIES} == before
+    wrapper = GAN(opt)  # removing the attachment lets it be wrapped
+    with pytest.raises(RuntimeError, match=r"this SGD is already wrapped by GAN\(\.\.\.\)"):
+        attach(opt)
+    assert {name: dict(getattr(opt, name)) for name in HOOK_REGISTRIES} == before  # nothing registered
+    sibling = GAN(opt)  # a second wrapper: stepping either applies GAN once
+    assert sibling.optimizer is opt
+    del wrapper, sibling
+    attach(opt).remove()  # once no wrapper lives, it can be attached again
+
+
+def test_gan_is_found_inside_framework_wrappers():
+    class Wrapper(torch.optim.Optimizer):  # as accelerate's AcceleratedOptimizer keeps its optimizer
+        def __init__(self, optimizer):
+            self.optimizer = optimizer
+
+        @property
+        def param_groups(self):
+            return self.optimizer.param_groups
+
+    opt = sgd()
+    handle = attach(opt)
+    with pytest.raises(RuntimeError, match="attached to this SGD already"):
+        GAN(Wrapper(opt))
+    handle.remove()
+    GAN(Wrapper(opt))
+
+
+@pytest.mark.parametrize("how", ["wrap", "attach"])
+def test_lbfgs_gets_gan_on_every_gradient_it_evaluates(how):
+    """LBFGS evaluates its closure several times per step: each gradient must get GAN, exactly as
+    a closure that applies gan_ after backward; the GANState advances once per evaluation."""
+    ours, theirs = make_model(), make_model()
+    options = {"lr": 0.5, "max_iter": 4, "history_size": 3}
+    inner = torch.optim.LBFGS(ours.parameters(), **options)
+    opt = GAN(inner) if how == "wrap" else inner
+    gan = opt if how == "wrap" else attach(inner)
+    plain = torch.optim.LBFGS(theirs.parameters(), **options)
+    state, evaluations = GANState(), []
+    for x in batches(3):
+        def closure():
+            opt.zero_grad()
+            loss = ours(x).square().mean()
+            loss.backward()
+            return loss
+
+        def closure_applying_gan():
+            plain.zero_grad()
+            loss = theirs(x).square().mean()
+            loss.backward()
+            gan_([p.grad for p in theirs.parameters() if default_eligible(p)], state)
+            evaluations.append(loss.detach())
+            return loss
+
+        assert torch.equal(opt.step(closure), plain.step(closure_applying_gan))
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        assert torch.equal(a, b)
+    assert len(evaluations) > 3  # several evaluations per step
+    assert gan.gan_state.step.item() == len(evaluations) and torch.equal(gan.gan_state.exponent, state.exponent)

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
 from gan_kernels import GANState, gan_
+from gan_kernels.hooks import innermost
 from gan_kernels.optim import default_eligible
 
 HAS_HF = importlib.util.find_spec("transformers") is not None and importlib.util.find_spec("accelerate") is not None
@@ -63,7 +64,7 @@ def tiny_gpt2():
     return GPT2LMHeadModel(config)
 
 
-def hf_trainer(output_dir, callback, max_steps=MAX_STEPS, save_steps=None):
+def hf_trainer(output_dir, callback, max_steps=MAX_STEPS, save_steps=None, optimizer=None):
     from transformers import Trainer, TrainingArguments
 
     class InOrder(Trainer):  # the same batches as the loop by hand
@@ -76,7 +77,9 @@ def hf_trainer(output_dir, callback, max_steps=MAX_STEPS, save_steps=None):
         save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500, report_to="none",
         use_cpu=True, seed=0, disable_tqdm=True,
     )
-    return InOrder(model=tiny_gpt2(), args=args, train_dataset=Tokens(), callbacks=[callback])
+    model = tiny_gpt2()
+    return InOrder(model=model, args=args, train_dataset=Tokens(), callbacks=[callback] if callback else [],
+                   optimizers=(optimizer(model) if optimizer else None, None))
 
 
 @needs_hf
@@ -141,6 +144,33 @@ def test_trainer_resumed_from_a_checkpoint_ends_where_an_uninterrupted_run_does(
     assert callback.gan_state["step"] == 2 * MAX_STEPS
 
 
+@needs_hf
+@pytest.mark.parametrize("kind", ["GANAdamW", "GAN"])
+def test_trainer_with_an_optimizer_that_runs_gan_gets_no_second_gan(tmp_path, kind):
+    """The callback uses the GAN already there: the run equals the same run without the callback,
+    and the callback logs that GAN's alpha."""
+    from gan_kernels import GAN, GANAdamW
+    from gan_kernels.integrations.transformers import GANCallback
+
+    def optimizer(model):
+        if kind == "GANAdamW":
+            return GANAdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+        return GAN(torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0))
+
+    callback = GANCallback()
+    with_callback = hf_trainer(tmp_path / "with", callback, optimizer=optimizer)
+    with_callback.train()
+    without = hf_trainer(tmp_path / "without", None, optimizer=optimizer)
+    without.train()
+    for a, b in zip(with_callback.model.parameters(), without.model.parameters()):
+        assert torch.equal(a, b)
+    assert callback.attachment is None and callback.gan_state["step"] == MAX_STEPS
+    gan = with_callback.optimizer.optimizer
+    assert gan.gan_state.step.item() == MAX_STEPS and not innermost(gan)._optimizer_step_pre_hooks
+    logged = [entry for entry in with_callback.state.log_history if "loss" in entry]
+    assert all(0 < entry["gan/alpha"] <= 1 for entry in logged) and len(logged) == 2
+
+
 # -- Lightning -------------------------------------------------------------------------------
 
 
@@ -172,7 +202,7 @@ def regression_data(count=64):
 def lightning_trainer(root, callback, max_steps, checkpoint=None):
     import lightning
 
-    callbacks = [callback] + ([checkpoint] if checkpoint is not None else [])
+    callbacks = ([callback] if callback else []) + ([checkpoint] if checkpoint is not None else [])
     return lightning.Trainer(
         max_steps=max_steps, accelerator="cpu", devices=1, gradient_clip_val=CLIP, accumulate_grad_batches=ACCUMULATE,
         log_every_n_steps=2, logger=False, enable_checkpointing=checkpoint is not None, enable_progress_bar=False,
@@ -204,6 +234,36 @@ def test_lightning_equals_clip_then_gan_then_the_optimizer_by_hand(tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     assert callback.attachments == [] and callback.saved[0]["step"].item() == MAX_STEPS
     assert 0 < trainer.logged_metrics["gan/alpha"] <= 1 and trainer.logged_metrics["gan/global_grad_std"] > 0
+
+
+@needs_lightning
+@pytest.mark.parametrize("kind", ["GANAdamW", "GAN"])
+def test_lightning_with_an_optimizer_that_runs_gan_gets_no_second_gan(tmp_path, kind):
+    """configure_optimizers returns a GAN or GANAdamW: the callback attaches nothing, the run
+    equals the same run without the callback, and the callback logs that GAN's alpha."""
+    from gan_kernels import GAN, GANAdamW
+    from gan_kernels.integrations.lightning import GANCallback
+
+    def module():
+        module = lightning_module()
+        if kind == "GANAdamW":
+            module.configure_optimizers = lambda: GANAdamW(module.parameters(), lr=1e-2)
+        else:
+            module.configure_optimizers = lambda: GAN(torch.optim.AdamW(module.parameters(), lr=1e-2))
+        return module
+
+    data = regression_data()
+    ours, callback = module(), GANCallback()
+    trainer = lightning_trainer(tmp_path / "with", callback, MAX_STEPS)
+    trainer.fit(ours, DataLoader(data, batch_size=BATCH, shuffle=False))
+    theirs = module()
+    lightning_trainer(tmp_path / "without", None, MAX_STEPS).fit(theirs, DataLoader(data, batch_size=BATCH, shuffle=False))
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        assert torch.equal(a, b)
+    gan = trainer.optimizers[0]
+    assert gan.gan_state.step.item() == MAX_STEPS and not innermost(gan)._optimizer_step_pre_hooks
+    assert callback.attachments == [] and callback.saved[0]["step"].item() == MAX_STEPS
+    assert 0 < trainer.logged_metrics["gan/alpha"] <= 1
 
 
 @needs_lightning

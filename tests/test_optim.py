@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+import gan_kernels
 from gan_kernels import GAN, GANAdamW, GANState, reference
 
 
@@ -287,6 +288,29 @@ def test_closure_runs_with_grad_enabled():
         loss = opt.step(closure)
     assert loss.requires_grad and opt.last_stats is not None
     assert opt.gan_state.step.item() == 1
+
+
+def test_a_closure_is_evaluated_once_then_gan_then_the_step():
+    ours, theirs = make_model(), make_model()
+    opt = GAN(torch.optim.SGD(ours.parameters(), lr=0.1, momentum=0.9))
+    plain = torch.optim.SGD(theirs.parameters(), lr=0.1, momentum=0.9)
+    state, calls = GANState(), []
+    for batch in batches(3):
+        def closure(batch=batch):
+            calls.append(batch)
+            opt.zero_grad()
+            loss = backward(ours, batch)
+            calls.append(loss)
+            return loss
+
+        assert opt.step(closure) is calls[-1]
+        plain.zero_grad()
+        backward(theirs, batch)
+        gan_kernels.gan_([p.grad for p in eligible_params(theirs)], state)
+        plain.step()
+    assert len(calls) == 6 and opt.gan_state.step.item() == 3
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        assert torch.equal(a, b)
 
 
 def test_step_hooks_run():

@@ -12,7 +12,8 @@ and not at all on a step the scaler skips. At the
 Trainer's logging steps (``log_every_n_steps``; only there, so that nothing is read back from the
 device at other steps) ``gan/alpha`` and ``gan/global_grad_std`` are logged through
 ``pl_module.log``. The ``GANState`` is saved in the checkpoint (the callback's state, and the
-optimizer's state dict) and restored when training resumes.
+optimizer's state dict) and restored when training resumes. An optimizer that already runs GAN
+(``GAN``, ``GANAdamW``, attached) gets no second one: the callback logs and checkpoints that GAN.
 """
 
 from __future__ import annotations
@@ -27,19 +28,26 @@ try:
 except ImportError as error:  # pragma: no cover - exercised without the library
     raise ImportError("gan_kernels.integrations.lightning needs Lightning: pip install 'gan-kernels[lightning]'") from error
 
-from ..hooks import Attachment, attach, innermost
+from ..hooks import Attachment, use_or_attach
 from ..rule import Rule
 
 
 class GANCallback(Callback):
     """Apply GAN to every optimizer of a Lightning run (see the module's documentation).
 
+    GAN is applied once: an optimizer that already runs GAN (``configure_optimizers`` returned a
+    ``GAN`` or ``GANAdamW``, or GAN is attached to it) gets no attachment; the callback logs,
+    saves and restores the GAN already there, and its own arguments do not apply to it.
+
     Args:
         mode, backend, eligible, rule: as for :class:`gan_kernels.GAN`.
 
     Attributes:
-        attachments: one :class:`gan_kernels.hooks.Attachment` per optimizer while training runs
-            (their ``gan_state`` and ``last_stats``), in the order of ``trainer.optimizers``.
+        gans: the GAN in use for each optimizer while training runs, in the order of
+            ``trainer.optimizers``: an attachment made by the callback, or the ``GAN``,
+            ``GANAdamW`` or attachment already there (each has ``gan_state`` and ``last_stats``).
+        attachments: the :class:`gan_kernels.hooks.Attachment` objects the callback made (removed
+            when fitting ends).
     """
 
     def __init__(
@@ -50,39 +58,42 @@ class GANCallback(Callback):
         rule: Rule | None = None,
     ) -> None:
         self.mode, self.backend, self.eligible, self.rule = mode, backend, eligible, rule
+        self.gans: list[Any] = []
         self.attachments: list[Attachment] = []
         self.saved: list[dict] = []  # GANStates restored from a checkpoint, for optimizers not yet seen
 
     def on_train_start(self, trainer, pl_module) -> None:
         for i, optimizer in enumerate(trainer.optimizers):
-            attachment = attach(
-                innermost(optimizer), mode=self.mode, backend=self.backend, eligible=self.eligible, rule=self.rule
+            gan, attachment = use_or_attach(
+                optimizer, mode=self.mode, backend=self.backend, eligible=self.eligible, rule=self.rule
             )
             if i < len(self.saved):
-                attachment.gan_state.load_state_dict(self.saved[i])
-            self.attachments.append(attachment)
+                gan.gan_state.load_state_dict(self.saved[i])
+            self.gans.append(gan)
+            if attachment is not None:
+                self.attachments.append(attachment)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not self.attachments or trainer.global_step % trainer.log_every_n_steps:
+        if not self.gans or trainer.global_step % trainer.log_every_n_steps:
             return
-        for i, attachment in enumerate(self.attachments):
-            stats = attachment.last_stats
+        for i, gan in enumerate(self.gans):
+            stats = gan.last_stats
             if stats is not None:
-                suffix = f"_{i}" if len(self.attachments) > 1 else ""
+                suffix = f"_{i}" if len(self.gans) > 1 else ""
                 pl_module.log(f"gan/alpha{suffix}", stats.alpha, on_step=True, on_epoch=False)
                 pl_module.log(f"gan/global_grad_std{suffix}", stats.global_std, on_step=True, on_epoch=False)
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self.saved = self.state_dict()["gan_states"]
-        for attachment in self.attachments:
+        for attachment in self.attachments:  # a GAN that was there before fitting stays
             attachment.remove()
-        self.attachments = []
+        self.gans, self.attachments = [], []
 
     def state_dict(self) -> dict[str, Any]:
         """The ``GANState`` of every optimizer, saved in Lightning's checkpoints."""
-        return {"gan_states": [a.gan_state.state_dict() for a in self.attachments] or self.saved}
+        return {"gan_states": [gan.gan_state.state_dict() for gan in self.gans] or self.saved}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.saved = list(state_dict["gan_states"])
-        for attachment, saved in zip(self.attachments, self.saved):
-            attachment.gan_state.load_state_dict(saved)
+        for gan, saved in zip(self.gans, self.saved):
+            gan.gan_state.load_state_dict(saved)
