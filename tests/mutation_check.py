@@ -546,9 +546,9 @@ MUTANTS = [
     Mutant(
         "attach: a closure given by keyword runs without GAN",
         HOOKS,
-        '            return args, {**kwargs, "closure": closure_then_gan}',
+        '            return args, {**kwargs, "closure": with_gan}',
         "            return args, kwargs",
-        ("tests/test_hooks.py",),
+        ("tests/test_hooks.py", "-k", "closure"),
     ),
     Mutant(
         "attach: gradients left unscaled after GAN on an optimizer that unscales by itself",

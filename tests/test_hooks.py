@@ -147,9 +147,10 @@ def test_bad_input():
     attach(opt).remove()  # the failed calls attached nothing
 
 
-def test_a_step_with_a_closure_applies_gan_after_the_closure():
-    """A closure computes the gradients inside the step (as Lightning's does): GAN must transform
-    those, not whatever the gradients held when the step began."""
+@pytest.mark.parametrize("by_keyword", [False, True], ids=["positional", "keyword"])
+def test_a_step_with_a_closure_applies_gan_after_the_closure(by_keyword):
+    """A closure computes the gradients inside the step (as Lightning's does, by keyword): GAN must
+    transform those, not whatever the gradients held when the step began."""
     ours, theirs = make_model(), make_model()
     opt = torch.optim.AdamW(ours.parameters(), lr=1e-2)
     attach(opt)
@@ -162,7 +163,10 @@ def test_a_step_with_a_closure_applies_gan_after_the_closure():
                 loss.backward()
                 return loss
 
-            optimizer.step(closure)
+            if by_keyword:
+                optimizer.step(closure=closure)
+            else:
+                optimizer.step(closure)
     for a, b in zip(ours.parameters(), theirs.parameters()):
         assert torch.equal(a, b)
 
