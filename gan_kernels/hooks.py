@@ -186,11 +186,23 @@ def use_or_attach(
     optimizer: Any, *, mode: str, backend: str, eligible: Callable[[Tensor], bool] | None, rule: Rule | None
 ) -> tuple[Any, Attachment | None]:
     """GAN on a framework's ``optimizer`` exactly once, for the callbacks: the GAN already running
-    on it (see :func:`running_gan`; the arguments then do not apply), or else a new
-    :func:`attach` to the torch optimizer inside it. Returns the GAN in use (it has ``gan_state``
-    and ``last_stats``) and the attachment made, or None when none was made."""
+    on it (see :func:`running_gan`), or else a new :func:`attach` to the torch optimizer inside
+    it. Returns the GAN in use (it has ``gan_state`` and ``last_stats``) and the attachment made,
+    or None when none was made.
+
+    Raises:
+        RuntimeError: if a GAN already runs with options other than these (``eligible=None``
+            meaning the default rule): using it would silently ignore them.
+    """
     found = running_gan(optimizer)
-    if found is not None:
-        return found[0], None
-    attachment = attach(innermost(optimizer), mode=mode, backend=backend, eligible=eligible, rule=rule)
-    return attachment, attachment
+    if found is None:
+        attachment = attach(innermost(optimizer), mode=mode, backend=backend, eligible=eligible, rule=rule)
+        return attachment, attachment
+    gan, where = found
+    wanted = {"mode": mode, "backend": backend, "eligible": eligible or default_eligible, "rule": rule}
+    differing = [f"{name}={value!r} (it has {getattr(gan, name)!r})" for name, value in wanted.items()
+                 if getattr(gan, name) != value]
+    if differing:
+        raise RuntimeError(f"GAN already runs on this optimizer ({where}) with other options than the callback's: "
+                           f"{', '.join(differing)}; give the callback the same options, or leave GAN to one of them")
+    return gan, None

@@ -214,9 +214,11 @@ class GANAdamW(torch.optim.AdamW):
     for CUDA graphs), plus ``mode``, ``eligible``, ``backend`` and ``rule`` as for :class:`GAN`.
     Like torch, the flags live in each parameter group (``defaults`` and ``state_dict``):
 
-    * ``fused``: ``True`` runs the fused kernels, and a step they cannot run raises
-      ``RuntimeError`` saying why (checked at the step, as torch checks devices and dtypes);
-      ``False`` never runs them; ``None`` (default) runs them where they can run.
+    * ``fused``: ``True`` runs the fused kernels, or raises saying why they cannot:
+      ``ValueError`` at construction where the parameters alone rule them out (mode, backend,
+      dtype, device), ``RuntimeError`` at the step, before anything changes, where the gradients
+      or state do (strides, alignment); ``False`` never runs them; ``None`` (default) runs them
+      where they can run.
     * ``foreach``: ``True`` / ``False`` take torch's multi-tensor / for-loop AdamW after GAN on
       copies of the gradients, never the fused kernels (as in torch, setting ``foreach`` alone
       means not fused); ``None`` (default) leaves the choice to ``fused``.
@@ -279,6 +281,13 @@ class GANAdamW(torch.optim.AdamW):
                              "or for-loop step reads the non-finite flag on the host, which a CUDA graph cannot capture")
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
                          foreach=foreach, capturable=capturable, differentiable=differentiable, fused=fused)
+        # What fused=True needs of the parameters alone is checked now, before any step; gradients
+        # and state (strides, alignment) are checked at each step, before anything changes.
+        chosen = [p for group in self.param_groups if group["fused"] for p in group["params"]]
+        reason = self._kernels_unavailable(chosen) if chosen else None
+        if reason is not None:
+            raise ValueError(f"GANAdamW(fused=True) cannot run its fused kernels: {reason}; fused=None falls back to "
+                             "GAN on copies then torch's AdamW")
         # torch's fused AdamW unscales inside its own step; this one needs the scaler to unscale
         # before it (GAN's alpha depends on the true gradients), whatever ``fused`` says.
         self._step_supports_amp_scaling = False
@@ -432,6 +441,15 @@ class GANAdamW(torch.optim.AdamW):
         gradients), in words, or None when they can."""
         from .kernels.fused import fusable
 
+        reason = self._kernels_unavailable(params)
+        if reason is None and not fusable(params, grads, states):
+            reason = ("a parameter, its gradient or its state differs from it in dtype or strides, or is not dense and "
+                      "16-byte aligned")
+        return reason
+
+    def _kernels_unavailable(self, params: list[Tensor]) -> str | None:
+        """Why the fused kernels cannot run on ``params`` (non-empty) whatever their gradients and
+        state, in words, or None: what ``fused=True`` can check before the first step."""
         if self.mode == "gc":
             return "mode 'gc' runs on the PyTorch fallback"
         device = params[0].device
@@ -444,9 +462,6 @@ class GANAdamW(torch.optim.AdamW):
                 return "a parameter is float64; the kernels take float32, float16 and bfloat16"
             return (f"backend='auto' runs the kernels on CUDA tensors on a supported GPU, not on {device.type} tensors "
                     "(backend='triton' runs them on the CPU under TRITON_INTERPRET=1)")
-        if not fusable(params, grads, states):
-            return ("a parameter, its gradient or its state differs from it in dtype or strides, or is not dense and "
-                    "16-byte aligned")
         return None
 
     def _fallback_step(self, params, grads, states, eligible, groups) -> GANStats:

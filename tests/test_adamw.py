@@ -304,13 +304,22 @@ def test_fused_and_foreach_choose_the_form_of_the_step(flags, form, monkeypatch)
 
 
 def test_fused_true_raises_where_the_kernels_cannot_run_and_changes_nothing():
-    params = [torch.nn.Parameter(torch.randn(4, 5, dtype=torch.float64, device=DEVICE))]
+    """What the parameters alone rule out is refused at construction; what their gradients rule
+    out (here strides other than the parameter's), at the step, before anything changes."""
+    float64 = [torch.nn.Parameter(torch.randn(4, 5, dtype=torch.float64, device=DEVICE))]
+    with pytest.raises(ValueError, match="fused=True.*cannot run its fused kernels.*float64"):
+        GANAdamW(float64, fused=True, backend="triton")
+    on_cpu = [torch.nn.Parameter(torch.randn(4, 5))]
+    with pytest.raises(ValueError, match="fused=True.*backend='auto' runs the kernels on CUDA tensors.*not on cpu"):
+        GANAdamW(on_cpu, fused=True)
+    GANAdamW(float64 + on_cpu, fused=False)  # fused=False never needs the kernels
+    params = [torch.nn.Parameter(torch.randn(4, 5, device=DEVICE))]
     opt = GANAdamW(params, fused=True, backend="triton")
-    params[0].grad = torch.randn_like(params[0])
+    params[0].grad = torch.randn(5, 4, device=DEVICE).t()
     before = params[0].detach().clone()
-    with pytest.raises(RuntimeError, match="fused=True.*cannot run its fused kernels.*float64"):
+    with pytest.raises(RuntimeError, match="fused=True.*cannot run its fused kernels.*strides"):
         opt.step()
-    assert torch.equal(params[0], before) and opt.gan_state.step.item() == 0
+    assert torch.equal(params[0], before) and opt.gan_state.step.item() == 0 and not opt.state[params[0]]["exp_avg"].any()
 
 
 def test_torch_flags_that_contradict_gan_are_refused():
@@ -325,6 +334,6 @@ def test_torch_flags_that_contradict_gan_are_refused():
         GANAdamW(params, capturable=True, foreach=True)
     with pytest.raises(RuntimeError, match="`fused` and `foreach` cannot be `True` together"):  # torch's own
         GANAdamW(params, fused=True, foreach=True)
-    opt = GANAdamW(params, fused=True, capturable=True)
+    opt = GANAdamW(params, fused=True, capturable=True, backend="triton")
     assert opt.defaults["fused"] and opt.defaults["capturable"]
     assert not opt._step_supports_amp_scaling  # a GradScaler unscales before GAN sees the gradients

@@ -171,6 +171,25 @@ def test_trainer_with_an_optimizer_that_runs_gan_gets_no_second_gan(tmp_path, ki
     assert all(0 < entry["gan/alpha"] <= 1 for entry in logged) and len(logged) == 2
 
 
+@needs_hf
+@pytest.mark.parametrize("options,named", [({"mode": "znorm"}, "mode='znorm'"), ({"rule": min}, "rule=")],
+                         ids=["mode", "rule"])
+def test_trainer_refuses_options_that_differ_from_the_gan_already_there(tmp_path, options, named):
+    """A callback told other options than the GAN it would use must say so, not ignore them; the
+    optimizer is left untouched (no attachment, no step)."""
+    from gan_kernels import GANAdamW
+    from gan_kernels.integrations.transformers import GANCallback
+
+    callback = GANCallback(**options)
+    trainer = hf_trainer(tmp_path, callback, optimizer=lambda model: GANAdamW(model.parameters(), lr=1e-3))
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    with pytest.raises(RuntimeError, match=f"GAN already runs on this optimizer .*GANAdamW.*other options.*{named}"):
+        trainer.train()
+    assert callback.gan is None and callback.attachment is None
+    assert trainer.optimizer.optimizer.gan_state.step.item() == 0 and not trainer.optimizer.state
+    assert all(torch.equal(a, b) for a, b in zip(trainer.model.parameters(), before))
+
+
 # -- Lightning -------------------------------------------------------------------------------
 
 
@@ -264,6 +283,23 @@ def test_lightning_with_an_optimizer_that_runs_gan_gets_no_second_gan(tmp_path, 
     assert gan.gan_state.step.item() == MAX_STEPS and not innermost(gan)._optimizer_step_pre_hooks
     assert callback.attachments == [] and callback.saved[0]["step"].item() == MAX_STEPS
     assert 0 < trainer.logged_metrics["gan/alpha"] <= 1
+
+
+@needs_lightning
+def test_lightning_refuses_options_that_differ_from_the_gan_already_there(tmp_path):
+    """configure_optimizers returns GAN(mode="center"); a callback in mode "gan" must say so."""
+    from gan_kernels import GAN
+    from gan_kernels.integrations.lightning import GANCallback
+
+    module = lightning_module()
+    module.configure_optimizers = lambda: GAN(torch.optim.AdamW(module.parameters(), lr=1e-2), mode="center")
+    before = [p.detach().clone() for p in module.parameters()]
+    callback = GANCallback()
+    trainer = lightning_trainer(tmp_path, callback, MAX_STEPS)
+    with pytest.raises(RuntimeError, match=r"GAN\(\.\.\.\) wrapper.*other options.*mode='gan' \(it has 'center'\)"):
+        trainer.fit(module, DataLoader(regression_data(), batch_size=BATCH, shuffle=False))
+    assert callback.gans == [] and callback.attachments == []
+    assert all(torch.equal(a, b) for a, b in zip(module.parameters(), before))
 
 
 @needs_lightning

@@ -37,7 +37,8 @@ class GANCallback(Callback):
 
     GAN is applied once: an optimizer that already runs GAN (``configure_optimizers`` returned a
     ``GAN`` or ``GANAdamW``, or GAN is attached to it) gets no attachment; the callback logs,
-    saves and restores the GAN already there, and its own arguments do not apply to it.
+    saves and restores the GAN already there. Its options must then be that GAN's (mode, backend,
+    eligible, rule; defaults included), else ``on_train_start`` raises ``RuntimeError`` naming them.
 
     Args:
         mode, backend, eligible, rule: as for :class:`gan_kernels.GAN`.

@@ -40,7 +40,8 @@ class GANCallback(TrainerCallback, ExportableState):
 
     GAN is applied once: when the Trainer's optimizer already runs GAN (a ``GAN`` or ``GANAdamW``
     given as ``optimizers=``, or one GAN is attached to), the callback attaches nothing and logs,
-    saves and restores the GAN already there; its own arguments then do not apply.
+    saves and restores the GAN already there. Its options must then be that GAN's (mode, backend,
+    eligible, rule; defaults included), else ``on_train_begin`` raises ``RuntimeError`` naming them.
 
     Args:
         mode, backend, eligible, rule: as for :class:`gan_kernels.GAN`.
