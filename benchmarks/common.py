@@ -159,10 +159,10 @@ def launches_per_step(step: Callable[[], object], device: str, implementation: s
     return counter.count
 
 
-def cpu_medians(candidates: dict[str, Callable[[], object]], restore: Callable[[], object], repeats: int) -> dict[str, float]:
-    """Median wall seconds of each candidate, timed in turn within every round so that a drift in
-    the machine's speed (memory bandwidth varies on shared hosts) affects all of them alike.
-    ``restore`` runs, untimed, before each call; two warm-up rounds are dropped."""
+def cpu_times(candidates: dict[str, Callable[[], object]], restore: Callable[[], object], repeats: int) -> dict[str, list[float]]:
+    """Wall seconds of ``repeats`` calls of each candidate, timed in turn within every round so that
+    a drift in the machine's speed (memory bandwidth varies on shared hosts) affects all of them
+    alike. ``restore`` runs, untimed, before each call; two warm-up rounds are dropped."""
     times: dict[str, list[float]] = {name: [] for name in candidates}
     for round_ in range(repeats + 2):
         for name, fn in candidates.items():
@@ -171,20 +171,30 @@ def cpu_medians(candidates: dict[str, Callable[[], object]], restore: Callable[[
             fn()
             if round_ >= 2:
                 times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def cpu_medians(candidates: dict[str, Callable[[], object]], restore: Callable[[], object], repeats: int) -> dict[str, float]:
+    """Median of each candidate's :func:`cpu_times`."""
+    return {name: statistics.median(values) for name, values in cpu_times(candidates, restore, repeats).items()}
+
+
+def cuda_times(fn: Callable[[], object], rep_ms: int = 100) -> list[float]:
+    """Seconds of each of as many calls of ``fn`` as fit in about ``rep_ms`` milliseconds (at least
+    one), by CUDA events after a warm-up (``triton.testing.do_bench``)."""
+    from triton.testing import do_bench
+
+    return [ms / 1e3 for ms in do_bench(fn, warmup=25, rep=rep_ms, return_mode="all")]
 
 
 def cuda_median(fn: Callable[[], object], rep_ms: int = 100) -> float:
-    """Median seconds of ``fn`` by CUDA events (``triton.testing.do_bench``), over as many calls as
-    fit in about ``rep_ms`` milliseconds (at least one)."""
-    from triton.testing import do_bench
-
-    return do_bench(fn, warmup=25, rep=rep_ms, return_mode="median") / 1e3
+    """Median of :func:`cuda_times`."""
+    return statistics.median(cuda_times(fn, rep_ms))
 
 
-def cuda_graph_median(fn: Callable[[], object], warm_up_calls: int = 3, rep_ms: int = 100) -> float:
-    """Median seconds of replaying a CUDA graph that captured one call of ``fn`` (after a few
-    calls on a side stream, as capture requires), timed as :func:`cuda_median` times a call."""
+def cuda_graph(fn: Callable[[], object], warm_up_calls: int = 3) -> torch.cuda.CUDAGraph:
+    """A CUDA graph that captured one call of ``fn``, after a few calls on a side stream (capture
+    requires them: lazily allocated state, cuBLAS workspaces and Triton's JIT happen there)."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -194,7 +204,21 @@ def cuda_graph_median(fn: Callable[[], object], warm_up_calls: int = 3, rep_ms: 
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
-    return cuda_median(graph.replay, rep_ms)
+    return graph
+
+
+def cuda_graph_median(fn: Callable[[], object], warm_up_calls: int = 3, rep_ms: int = 100) -> float:
+    """Median seconds of replaying :func:`cuda_graph` of ``fn``, timed as :func:`cuda_median` times a call."""
+    return cuda_median(cuda_graph(fn, warm_up_calls).replay, rep_ms)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-quantile (0 <= q <= 1) of ``values``, interpolated linearly between the order
+    statistics as ``triton.testing`` does; one value is its own every quantile."""
+    ordered = sorted(values)
+    point = q * (len(ordered) - 1)
+    lower, upper = math.floor(point), math.ceil(point)
+    return ordered[lower] + (point - lower) * (ordered[upper] - ordered[lower])
 
 
 @contextlib.contextmanager

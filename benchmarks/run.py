@@ -24,11 +24,13 @@ batch 128, 3x32x32, 100 classes) and GPT-2 small (batch 8, sequence 512) with ea
 Every optimizer starts from the same initialisation and trains on one static batch. Modes:
 ``eager``, and on CUDA ``graph``, the whole step captured in one CUDA graph (capturable
 optimizers, a few steps on a side stream first) and replayed. A row per model, optimizer and mode
-gives the median step and ``overhead_pct``, the percent by which it is slower than ``adamw-fused``
-in the same model and mode. On a CPU the default is the tiny configuration of each model (ResNet-8
-on 16x16 images, batch 8; a 2-layer width-64 GPT, sequence 32, vocabulary 512), which runs in
-seconds; ``--full`` forces the full one, the default on CUDA. ``--repeats`` counts the timed steps
-on a CPU; on CUDA each median comes from CUDA events over about half a second of steps.
+gives the median step, its 10th and 90th percentiles over the ``steps`` timed, and
+``overhead_pct``, the percent by which the median is slower than ``adamw-fused``'s in the same
+model and mode (``graph`` rows exist on CUDA only). On a CPU the default is the tiny configuration
+of each model (ResNet-8 on 16x16 images, batch 8; a 2-layer width-64 GPT, sequence 32, vocabulary
+512), which runs in seconds; ``--full`` forces the full one, the default on CUDA. ``--repeats``
+counts the timed steps on a CPU; on CUDA each row comes from CUDA events over about half a second
+of steps.
 
 ``--json PATH`` and ``--save`` write ``{"meta": ..., "rows": [...]}``: ``meta`` names the machine
 (device, CPU model, threads, GPU and compute capability, platform), the versions (Python, torch,
@@ -41,6 +43,7 @@ import argparse
 import datetime
 import os
 import re
+import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -58,17 +61,21 @@ from benchmarks.common import (  # noqa: E402
     OPTIMIZERS,
     copy_step,
     cpu_medians,
-    make_optimizer,
+    cpu_times,
+    cuda_graph,
     cuda_graph_median,
     cuda_median,
+    cuda_times,
     device_name,
     elements,
     host_times,
     launched_step_us,
     launches_per_step,
     make_grads,
+    make_optimizer,
     make_step,
     optimizer_rows,
+    percentile,
     run_meta,
     warm_up,
     warm_up_optimizers,
@@ -154,7 +161,8 @@ OPTIMIZER_COLUMNS = [
 ]
 TRAINING_COLUMNS = [
     ("model", "{}"), ("configuration", "{}"), ("optimizer", "{}"), ("mode", "{}"), ("batch", "{}"),
-    ("input", "{}"), ("parameters", "{:,}"), ("median_ms", "{:.3f}"), ("overhead_pct", "{:+.1f}%"),
+    ("input", "{}"), ("parameters", "{:,}"), ("median_ms", "{:.3f}"), ("p10_ms", "{:.3f}"), ("p90_ms", "{:.3f}"),
+    ("steps", "{}"), ("overhead_pct", "{:+.1f}%"),
 ]
 HOST_COLUMNS = [
     ("set", "{}"), ("tensors", "{}"), ("steady_us", "{:.1f}"), ("steady_us_per_tensor", "{:.2f}"),
@@ -236,29 +244,41 @@ def training_setup(workload: Workload, optimizer_name: str, device: str, captura
 
 
 def training_rows(workload: Workload, device: str, repeats: int) -> list[dict]:
-    """One row per optimizer of :data:`OPTIMIZERS` and mode: the median seconds of a whole training
-    step of ``workload`` (eager; on CUDA also replayed from a CUDA graph) and its overhead in
-    percent over ``adamw-fused`` in the same mode. On a CPU the eager steps of the optimizers take
-    turns within each of ``repeats`` rounds (:func:`cpu_medians`)."""
+    """One row per optimizer of :data:`OPTIMIZERS` and mode: the median, 10th and 90th percentile
+    milliseconds of a whole training step of ``workload`` (eager; on CUDA also replayed from a CUDA
+    graph), the number of steps timed, and the overhead in percent of the median over
+    ``adamw-fused``'s in the same mode. On a CPU the eager steps of the optimizers take turns
+    within each of ``repeats`` rounds (:func:`cpu_times`)."""
     runs = {name: training_setup(workload, name, device) for name in OPTIMIZERS}
     steps = {name: step for name, (_, _, step) in runs.items()}
     parameters = sum(p.numel() for p in runs["adamw-fused"][0].parameters())
     if device == "cuda":
-        seconds = {"eager": {name: cuda_median(step, TRAINING_REP_MS) for name, step in steps.items()}}
+        times = {"eager": {name: cuda_times(step, TRAINING_REP_MS) for name, step in steps.items()}}
     else:
-        seconds = {"eager": cpu_medians(steps, lambda: None, repeats)}
+        times = {"eager": cpu_times(steps, lambda: None, repeats)}
     del runs, steps
     if device == "cuda":
-        seconds["graph"] = {}
+        times["graph"] = {}
         for name in OPTIMIZERS:  # one model at a time: a graph's memory pool lives as long as it does
+            # The step holds the model, the optimizer and the batch, whose memory the graph reads
+            # and writes outside its own pool: it must outlive every replay.
             step = training_setup(workload, name, device, capturable=True)[2]
-            seconds["graph"][name] = cuda_graph_median(step, TRAINING_WARM_UP_STEPS, TRAINING_REP_MS)
-            del step
-    return [{
-        "model": workload.model, "configuration": workload.configuration, "optimizer": name, "mode": mode,
-        "batch": workload.batch, "input": workload.input, "parameters": parameters, "median_ms": time_s * 1e3,
-        "overhead_pct": 100 * (time_s / by_optimizer["adamw-fused"] - 1), "device": device_name(device),
-    } for mode, by_optimizer in seconds.items() for name, time_s in by_optimizer.items()]
+            graph = cuda_graph(step, TRAINING_WARM_UP_STEPS)
+            times["graph"][name] = cuda_times(graph.replay, TRAINING_REP_MS)
+            del graph, step
+    rows = []
+    for mode, by_optimizer in times.items():
+        adamw_s = statistics.median(by_optimizer["adamw-fused"])
+        for name, values in by_optimizer.items():
+            median_s = statistics.median(values)
+            rows.append({
+                "model": workload.model, "configuration": workload.configuration, "optimizer": name,
+                "mode": mode, "batch": workload.batch, "input": workload.input, "parameters": parameters,
+                "median_ms": median_s * 1e3, "p10_ms": percentile(values, 0.1) * 1e3,
+                "p90_ms": percentile(values, 0.9) * 1e3, "steps": len(values),
+                "overhead_pct": 100 * (median_s / adamw_s - 1), "device": device_name(device),
+            })
+    return rows
 
 
 def training_step(args) -> list[dict]:

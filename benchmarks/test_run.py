@@ -142,7 +142,8 @@ def test_training_step_times_every_model_and_optimizer_eagerly_on_a_cpu(tmp_path
         assert row["configuration"] == "tiny" and row["device"] == common.device_name("cpu")
         assert (row["batch"], row["input"]) == (workload.batch, workload.input)
         assert row["parameters"] == sum(p.numel() for p in workload.build().parameters())
-        assert math.isfinite(row["median_ms"]) and row["median_ms"] > 0
+        assert math.isfinite(row["median_ms"]) and 0 < row["p10_ms"] <= row["median_ms"] <= row["p90_ms"]
+        assert row["steps"] == 2
         adamw = next(r for r in rows if (r["model"], r["mode"], r["optimizer"]) == (row["model"], row["mode"], "adamw-fused"))
         assert row["overhead_pct"] == pytest.approx(100 * (row["median_ms"] / adamw["median_ms"] - 1))
     assert [r["overhead_pct"] for r in rows if r["optimizer"] == "adamw-fused"] == [0.0, 0.0]
@@ -161,15 +162,21 @@ def test_on_cuda_each_mode_is_measured_against_its_own_adamw_row(monkeypatch):
         step.key = ("graph" if capturable else "eager", name)
         return nn.Linear(2, 3), None, step
 
+    class Graph:
+        def __init__(self, step, warm_up_calls):
+            self.replay = step
+
     monkeypatch.setattr(run, "training_setup", setup)
-    monkeypatch.setattr(run, "cuda_median", lambda step, rep_ms: seconds[step.key])
-    monkeypatch.setattr(run, "cuda_graph_median", lambda step, warm_up_calls, rep_ms: seconds[step.key])
+    # Three steps timed, the middle one the median: the percentiles must come from the same list.
+    monkeypatch.setattr(run, "cuda_times", lambda step, rep_ms: [seconds[step.key] * f for f in (1.5, 1.0, 0.9)])
+    monkeypatch.setattr(run, "cuda_graph", Graph)
     monkeypatch.setattr(run, "device_name", lambda device: "a GPU")
     rows = run.training_rows(models.WORKLOADS["gpt2_small"]["full"], "cuda", repeats=1)
     assert [(r["mode"], r["optimizer"]) for r in rows] == list(seconds)
     for row in rows:
         mode, name = row["mode"], row["optimizer"]
-        assert row["median_ms"] == pytest.approx(seconds[mode, name] * 1e3)
+        assert row["median_ms"] == pytest.approx(seconds[mode, name] * 1e3) and row["steps"] == 3
+        assert (row["p10_ms"], row["p90_ms"]) == pytest.approx((seconds[mode, name] * 920, seconds[mode, name] * 1400))
         assert row["overhead_pct"] == pytest.approx(100 * (seconds[mode, name] / seconds[mode, "adamw-fused"] - 1))
         assert (row["model"], row["configuration"], row["batch"], row["input"]) == ("gpt2_small", "full", 8, "seq 512")
         assert row["parameters"] == 9 and row["device"] == "a GPU"
