@@ -19,7 +19,7 @@ from .functional import check_backend, gan_, step
 from .plan import Plan
 from .rule import Rule, check_rule
 from .state import GANState, GANStats
-from .validation import check_mode
+from .validation import check_mode, is_dtensor
 
 _grad = attrgetter("grad")
 _HOOK_REGISTRIES = (
@@ -203,6 +203,10 @@ class GANAdamW(torch.optim.AdamW):
     torch's own AdamW (fused where torch offers it). A non-finite step changes nothing at all:
     parameters, optimizer state and ``gan_state`` stay as they were and ``last_stats.nonfinite`` is
     True (the one deliberate difference from the composition, where AdamW would step anyway).
+
+    Over FSDP2 (DTensor parameters sharded along one dimension of a 1-D mesh) a step is that of
+    the unsharded model on every rank: the statistics of the whole gradients, with one collective,
+    then torch's AdamW on each rank's local shards; the state stays DTensors, as torch keeps it.
     """
 
     def __init__(
@@ -270,6 +274,9 @@ class GANAdamW(torch.optim.AdamW):
         for flag in flags:
             eligible.append(slot if flag else -1)
             slot += flag
+        if self._dtensor_params:
+            self._last["stats"] = self._dtensor_step(params, grads, states, eligible, groups)
+            return loss
         plan = self._fused_plan(params, grads, states, eligible, groups) if slot else None
         if plan is None:
             self._last["stats"] = self._fallback_step(params, grads, states, eligible, groups)
@@ -329,19 +336,47 @@ class GANAdamW(torch.optim.AdamW):
 
     def _fallback_step(self, params, grads, states, eligible, groups) -> GANStats:
         """GAN on copies of the eligible gradients (so ``p.grad`` keeps the raw gradient), then
-        torch's AdamW on them, fused where torch offers it so that a non-finite step is skipped on
-        the device (``found_inf``); elsewhere the flag is read on the host."""
+        torch's AdamW on them."""
+        scratch = self._copies([g for g, slot in zip(grads, eligible) if slot >= 0])
+        stats = gan_(scratch, self.gan_state, mode=self.mode, backend=self.backend, rule=self.rule)
+        self._adamw_update(params, grads, scratch, states, eligible, groups, stats)
+        return stats
+
+    def _dtensor_step(self, params, grads, states, eligible, groups) -> GANStats:
+        """The step over DTensor parameters (FSDP2). GAN with the statistics of the unsharded
+        eligible gradients, on copies of their local shards (one collective, as ``gan_`` takes
+        DTensor gradients), then torch's AdamW on this rank's local shards of the parameters,
+        gradients and state, which stays DTensors as under torch's AdamW."""
+        from .distributed import gan_dtensors_
+
         chosen = [g for g, slot in zip(grads, eligible) if slot >= 0]
-        if [(s.shape, s.dtype, s.device, s.stride()) for s in self._scratch] != [(g.shape, g.dtype, g.device, g.stride()) for g in chosen]:
-            self._scratch = [g.clone(memory_format=torch.preserve_format) for g in chosen]
-        elif chosen:
-            torch._foreach_copy_(self._scratch, chosen)
-        stats = gan_(self._scratch, self.gan_state, mode=self.mode, backend=self.backend, rule=self.rule)
-        transformed = iter(self._scratch)
+        scratch = self._copies([_local(g) for g in chosen])
+        if chosen:
+            # Validates the placements (and refuses a plain tensor among them) before any change.
+            stats = gan_dtensors_(chosen, self.gan_state, self.mode, self.rule, local_shards=scratch)
+        else:
+            stats = gan_([], self.gan_state, mode=self.mode, rule=self.rule)
+        local_states = [{key: _local(value) for key, value in state.items()} for state in states]
+        self._adamw_update(list(map(_local, params)), list(map(_local, grads)), scratch, local_states, eligible, groups, stats)
+        return stats
+
+    def _copies(self, grads: list[Tensor]) -> list[Tensor]:
+        """The scratch, refilled with copies of ``grads`` (reallocated when their layout changed)."""
+        if [(s.shape, s.dtype, s.device, s.stride()) for s in self._scratch] != [(g.shape, g.dtype, g.device, g.stride()) for g in grads]:
+            self._scratch = [g.clone(memory_format=torch.preserve_format) for g in grads]
+        elif grads:
+            torch._foreach_copy_(self._scratch, grads)
+        return self._scratch
+
+    def _adamw_update(self, params, grads, transformed, states, eligible, groups, stats: GANStats) -> None:
+        """torch's AdamW, group by group, on ``grads`` with the eligible ones replaced by their
+        ``transformed`` copies; fused where torch offers it so that a non-finite step is skipped
+        on the device (``found_inf``); elsewhere the flag is read on the host."""
+        transformed = iter(transformed)
         inputs = [next(transformed) if slot >= 0 else g for g, slot in zip(grads, eligible)]
         fused = all(_fused_adamw_supported(p) for p in params)
         if not fused and stats.nonfinite.item():
-            return stats
+            return
         for j, group in enumerate(self.param_groups):
             members = [i for i, k in enumerate(groups) if k == j]
             if not members:
@@ -356,7 +391,13 @@ class GANAdamW(torch.optim.AdamW):
                 amsgrad=group["amsgrad"], beta1=beta1, beta2=beta2, lr=group["lr"],
                 weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"],
             )
-        return stats
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's ``add_param_group``; a group holding a DTensor parameter (FSDP2) sends every
+        later ``step`` down the DTensor path."""
+        super().add_param_group(param_group)
+        # Optimizer.__init__ adds the first groups, before any attribute of this class is set.
+        self._dtensor_params = getattr(self, "_dtensor_params", False) or any(map(is_dtensor, self.param_groups[-1]["params"]))
 
     def state_dict(self) -> dict[str, Any]:
         """torch's AdamW state dict, with the :class:`GANState` under ``"gan"`` (which the
@@ -446,6 +487,12 @@ def eligible_gradients(param_groups: list[dict[str, Any]], eligible: Callable[[T
         # The default rule needs only the gradients: one pass over them, at every step.
         return list(filter(eligible_gradient, map(_grad, params)))
     return [p.grad for p in params if p.grad is not None and eligible(p)]
+
+
+def _local(t: Tensor) -> Tensor:
+    """This rank's shard of a DTensor (its storage: in-place changes reach the DTensor); a plain
+    tensor as it is."""
+    return t.to_local() if is_dtensor(t) else t
 
 
 def _fused_adamw_supported(p: Tensor) -> bool:
