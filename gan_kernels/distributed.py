@@ -98,9 +98,23 @@ def _sharded_step(
     return stats
 
 
-def gan_dtensors_(grads: list, state: GANState | None, mode: str, rule: Rule | None = None) -> GANStats:
+def gan_dtensors_(
+    grads: list, state: GANState | None, mode: str, rule: Rule | None = None, local_shards: list[Tensor] | None = None
+) -> GANStats:
     """GAN on DTensor gradients (as FSDP2 holds them): each sharded along one dimension of a
-    one-dimensional device mesh; the mesh's process group carries the one collective."""
+    one-dimensional device mesh; the mesh's process group carries the one collective.
+
+    Args:
+        grads: the k DTensor gradients, in the same order on every rank.
+        state, mode, rule: as for :func:`gan_sharded_` (mode ``"gc"`` too, when sharded along
+            dimension 0).
+        local_shards: where the result goes: by default each gradient's own local shard, in place;
+            else k tensors holding copies of those shards (same shapes), transformed in place
+            instead, so that the gradients keep their values (:class:`gan_kernels.GANAdamW`).
+
+    Returns:
+        :class:`GANStats` of the unsharded gradients, identical on every rank.
+    """
     from torch.distributed.tensor import DTensor, Shard
 
     mesh = None
@@ -121,5 +135,12 @@ def gan_dtensors_(grads: list, state: GANState | None, mode: str, rule: Rule | N
                 f"grads[{i}] has placements {tuple(g.placements)}; mode 'gc' subtracts one mean per row "
                 "and needs whole rows on each rank: shard along dimension 0"
             )
+    if local_shards is None:
+        local_shards = [g.to_local() for g in grads]
+    elif len(local_shards) != len(grads) or any(t.shape != g.to_local().shape for t, g in zip(local_shards, grads)):
+        raise ValueError(
+            f"local_shards must be {len(grads)} tensors of the local shards' shapes "
+            f"{[tuple(g.to_local().shape) for g in grads]}, got {[tuple(t.shape) for t in local_shards]}"
+        )
     # Sharded along dimension 0, every rank holds whole rows: mode "gc" needs nothing more.
-    return _sharded_step([g.to_local() for g in grads], state, mode, mesh.get_group(), rule)
+    return _sharded_step(local_shards, state, mode, mesh.get_group(), rule)

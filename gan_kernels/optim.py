@@ -21,7 +21,7 @@ from .functional import check_backend, gan_, step
 from .plan import Plan
 from .rule import Rule, check_rule
 from .state import GANState, GANStats
-from .validation import check_mode
+from .validation import check_mode, is_dtensor
 
 _grad = attrgetter("grad")
 _data_ptr = Tensor.data_ptr
@@ -241,6 +241,10 @@ class GANAdamW(torch.optim.AdamW):
     torch's own AdamW (fused where torch offers it). A non-finite step changes nothing at all:
     parameters, optimizer state and ``gan_state`` stay as they were and ``last_stats.nonfinite`` is
     True (the one deliberate difference from the composition, where AdamW would step anyway).
+
+    Over FSDP2 (DTensor parameters sharded along one dimension of a 1-D mesh) a step is that of
+    the unsharded model on every rank: the statistics of the whole gradients, with one collective,
+    then torch's AdamW on each rank's local shards; the state stays DTensors, as torch keeps it.
     """
 
     def __init__(
@@ -340,6 +344,9 @@ class GANAdamW(torch.optim.AdamW):
         for flag in flags:
             eligible.append(slot if flag else -1)
             slot += flag
+        if self._dtensor_params:
+            self._last["stats"] = self._dtensor_step(params, grads, states, eligible, groups)
+            return loss
         kernels = all(_fused_form(group) for group in self.param_groups)
         plan = self._fused_plan(params, grads, states, eligible, groups) if slot and kernels else None
         if plan is None and slot and any(group["fused"] for group in self.param_groups):
@@ -466,26 +473,56 @@ class GANAdamW(torch.optim.AdamW):
 
     def _fallback_step(self, params, grads, states, eligible, groups) -> GANStats:
         """GAN on copies of the eligible gradients (so ``p.grad`` keeps the raw gradient), then
-        torch's AdamW on them, fused where torch offers it so that a non-finite step is skipped on
-        the device (``found_inf``); elsewhere the flag is read on the host."""
-        # The copies take their parameter's layout, as does any gradient strided otherwise: torch's
-        # fused AdamW reads a gradient element by element as laid out like its parameter.
+        torch's AdamW on them."""
+        scratch = self._copies(params, grads, eligible)
+        stats = gan_(scratch, self.gan_state, mode=self.mode, backend=self.backend, rule=self.rule)
+        self._adamw_update(params, grads, scratch, states, eligible, groups, stats)
+        return stats
+
+    def _dtensor_step(self, params, grads, states, eligible, groups) -> GANStats:
+        """The step over DTensor parameters (FSDP2). GAN with the statistics of the unsharded
+        eligible gradients, on copies of their local shards (one collective, as ``gan_`` takes
+        DTensor gradients), then torch's AdamW on this rank's local shards of the parameters,
+        gradients and state, which stays DTensors as under torch's AdamW."""
+        from .distributed import gan_dtensors_
+
+        chosen = [g for g, slot in zip(grads, eligible) if slot >= 0]
+        local_params, local_grads = list(map(_local, params)), list(map(_local, grads))
+        scratch = self._copies(local_params, local_grads, eligible)
+        if chosen:
+            # Validates the placements (and refuses a plain tensor among them) before any change.
+            stats = gan_dtensors_(chosen, self.gan_state, self.mode, self.rule, local_shards=scratch)
+        else:
+            stats = gan_([], self.gan_state, mode=self.mode, rule=self.rule)
+        local_states = [{key: _local(value) for key, value in state.items()} for state in states]
+        self._adamw_update(local_params, local_grads, scratch, local_states, eligible, groups, stats)
+        return stats
+
+    def _copies(self, params, grads, eligible) -> list[Tensor]:
+        """The scratch, refilled with copies of the eligible ``grads`` (reallocated when their
+        layout changed), each laid out like its parameter: torch's fused AdamW reads a gradient
+        element by element as laid out like its parameter."""
         chosen = [(p, g) for p, g, slot in zip(params, grads, eligible) if slot >= 0]
         if [(s.shape, s.dtype, s.device, s.stride()) for s in self._scratch] != [(g.shape, g.dtype, g.device, p.stride()) for p, g in chosen]:
             self._scratch = [torch.empty_like(p, memory_format=torch.preserve_format) for p, _ in chosen]
         if chosen:
             torch._foreach_copy_(self._scratch, [g for _, g in chosen])
-        stats = gan_(self._scratch, self.gan_state, mode=self.mode, backend=self.backend, rule=self.rule)
-        transformed = iter(self._scratch)
+        return self._scratch
+
+    def _adamw_update(self, params, grads, transformed, states, eligible, groups, stats: GANStats) -> None:
+        """torch's AdamW, group by group, on ``grads`` with the eligible ones replaced by their
+        ``transformed`` copies (and any other gradient strided unlike its parameter copied to its
+        layout). A group whose flags choose a fused step takes torch's fused AdamW where torch
+        offers it, so that a non-finite step is skipped on the device (``found_inf``); the others
+        take the foreach or for-loop form their ``foreach`` names, and the flag is read on the host."""
+        transformed = iter(transformed)
         inputs = [next(transformed) if slot >= 0 else g if g.stride() == p.stride() else torch.empty_like(p, memory_format=torch.preserve_format).copy_(g)
                   for p, g, slot in zip(params, grads, eligible)]
         members = [[i for i, k in enumerate(groups) if k == j] for j in range(len(self.param_groups))]
-        # A group whose flags choose a fused step takes torch's fused AdamW where torch offers it;
-        # the others take the foreach or for-loop form their ``foreach`` names.
         fused = [_fused_form(group) and all(_fused_adamw_supported(params[i]) for i in chosen)
                  for group, chosen in zip(self.param_groups, members)]
         if not all(fused) and stats.nonfinite.item():
-            return stats
+            return
         for group, chosen, group_fused in zip(self.param_groups, members, fused):
             if not chosen:
                 continue
@@ -500,7 +537,13 @@ class GANAdamW(torch.optim.AdamW):
                 amsgrad=group["amsgrad"], beta1=beta1, beta2=beta2, lr=group["lr"],
                 weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"],
             )
-        return stats
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's ``add_param_group``; a group holding a DTensor parameter (FSDP2) sends every
+        later ``step`` down the DTensor path."""
+        super().add_param_group(param_group)
+        # Optimizer.__init__ adds the first groups, before any attribute of this class is set.
+        self._dtensor_params = getattr(self, "_dtensor_params", False) or any(map(is_dtensor, self.param_groups[-1]["params"]))
 
     def state_dict(self) -> dict[str, Any]:
         """torch's AdamW state dict, with the :class:`GANState` under ``"gan"`` (which the
@@ -650,6 +693,12 @@ def _step_device(p: Tensor, group: dict[str, Any]) -> torch.device:
     """Where torch keeps a parameter's AdamW ``step``: on its device for a fused or capturable
     group (the kernels read it there), on the CPU otherwise (a host number costs no launch)."""
     return p.device if group["capturable"] or _fused_form(group) else torch.device("cpu")
+
+
+def _local(t: Tensor) -> Tensor:
+    """This rank's shard of a DTensor (its storage: in-place changes reach the DTensor); a plain
+    tensor as it is."""
+    return t.to_local() if is_dtensor(t) else t
 
 
 def _fused_adamw_supported(p: Tensor) -> bool:

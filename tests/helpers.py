@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import traceback
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -201,3 +204,36 @@ def tiny_digits(train, monkeypatch):
         return images
 
     monkeypatch.setattr(train.data, "load_digits_images", tiny)
+
+
+def run_ranks(body: Callable[[int, str], dict], world: int, workdir: Path) -> list[dict]:
+    """Run ``body(rank, workdir) -> dict`` in ``world`` spawned processes joined in one gloo
+    process group (rendezvous through a file in ``workdir``, which the ranks share); return the
+    dicts in rank order, failing with the traceback of any rank that raised. ``body`` must be a
+    module-level function (it is pickled into the children)."""
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_rank_main, args=(body, world, str(workdir), results), nprocs=world, join=True)
+        outputs = [results[r] for r in range(world)]
+    for out in outputs:
+        assert "error" not in out, out["error"]
+    return outputs
+
+
+def _rank_main(rank: int, body: Callable[[int, str], dict], world: int, workdir: str, results) -> None:
+    import torch.distributed as dist
+
+    try:
+        # A collective that one rank skips fails the run within a minute instead of hanging it.
+        dist.init_process_group(
+            "gloo", init_method=f"file://{workdir}/init", rank=rank, world_size=world, timeout=timedelta(seconds=60)
+        )
+        try:
+            out = body(rank, workdir)
+        finally:
+            dist.destroy_process_group()
+    except Exception:
+        out = {"error": traceback.format_exc()}
+    results[rank] = out

@@ -41,6 +41,7 @@ FALLBACK_VALUES = ["tests/test_functional.py", "-k", "boundaries or multi_step o
 KERNEL_VALUES = ["tests/test_kernels.py", "-k", "(tile_boundaries and single_read) or multi_step or offset"]
 ADAMW_TESTS = ("tests/test_adamw.py", "-k", "every_mode or every_option or nonfinite or raw_gradient")
 STEADY_TESTS = ("tests/test_steady_state.py",)
+FSDP_TESTS = ("tests/test_fsdp.py",)
 
 
 @dataclass(frozen=True)
@@ -224,9 +225,23 @@ MUTANTS = [
     Mutant(
         "GANAdamW's fallback transforms p.grad in place",
         "gan_kernels/optim.py",
-        "stats = gan_(self._scratch, self.gan_state, mode=self.mode, backend=self.backend, rule=self.rule)",
-        "stats = gan_(chosen, self.gan_state, mode=self.mode, backend=self.backend, rule=self.rule)",
+        "scratch = self._copies([g for g, slot in zip(grads, eligible) if slot >= 0])",
+        "scratch = [g for g, slot in zip(grads, eligible) if slot >= 0]",
         ADAMW_TESTS,
+    ),
+    Mutant(
+        "GANAdamW over FSDP2 takes each rank's local-shard statistics",
+        "gan_kernels/optim.py",
+        "stats = gan_dtensors_(chosen, self.gan_state, self.mode, self.rule, local_shards=scratch)",
+        "stats = gan_(scratch, self.gan_state, mode=self.mode, rule=self.rule)",
+        FSDP_TESTS,
+    ),
+    Mutant(
+        "GANAdamW over FSDP2 skips the collective on a rank whose eligible shards are all empty",
+        "gan_kernels/optim.py",
+        "        if chosen:\n            # Validates",
+        "        if any(g.to_local().numel() for g in chosen):\n            # Validates",
+        FSDP_TESTS,
     ),
     Mutant(
         "attach: GAN before a step's closure computed the gradients",

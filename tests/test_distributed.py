@@ -3,17 +3,13 @@ gathered gradients. DDP needs nothing (gradients are reduced before the step); s
 (flat shards of uneven sizes, empty ones included, and DTensors) give every rank the unsharded
 result."""
 
-import os
-import traceback
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from gan_kernels import GAN, GANState, gan_, reference
 from gan_kernels.distributed import gan_sharded_
-from tests.helpers import assert_outputs_close, assert_stats_close, clone_all, exact_evaluation, random_grads
+from tests.helpers import assert_outputs_close, assert_stats_close, exact_evaluation, random_grads, run_ranks
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 
@@ -33,91 +29,79 @@ def split_points(rank):
     return [(0, c) if rank == 0 else (c, None) for c in cuts]
 
 
-def worker(rank, init_file, results):
+def worker(rank, workdir):
+    out = {}
+
+    # Flat ZeRO-style shards, uneven, some empty on one rank.
+    grads = full_grads()
+    shards = [g.reshape(-1)[a:b].clone() for g, (a, b) in zip(grads, split_points(rank))]
+    state = GANState()
+    out["flat_stats"] = gan_sharded_(shards, state)
+    out["flat_shards"] = shards
+    out["flat_state"] = state.state_dict()
+
+    # A rank whose shards are all empty.
+    shards = [g.reshape(-1).clone() if rank == 0 else g.reshape(-1)[:0].clone() for g in full_grads()]
+    out["empty_rank_stats"] = gan_sharded_(shards, mode="znorm")
+    out["empty_rank_shards"] = shards
+
+    # DTensors sharded along dim 0 (uneven rows), through the public gan_.
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (WORLD,))
+    dtensors = [distribute_tensor(g, mesh, [Shard(0)]) for g in full_grads()]
+    out["dtensor_stats"] = gan_(dtensors, mode="gc")
+    out["dtensor_full"] = [d.full_tensor() for d in dtensors]
+
+    # Unsupported placement and a group this rank is not in: errors before any change.
+    replicated = [distribute_tensor(g, mesh, [Replicate()]) for g in full_grads()[:2]]
+    before = [r.to_local().clone() for r in replicated]
     try:
-        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-        out = {}
-
-        # Flat ZeRO-style shards, uneven, some empty on one rank.
-        grads = full_grads()
-        shards = [g.reshape(-1)[a:b].clone() for g, (a, b) in zip(grads, split_points(rank))]
-        state = GANState()
-        out["flat_stats"] = gan_sharded_(shards, state)
-        out["flat_shards"] = shards
-        out["flat_state"] = state.state_dict()
-
-        # A rank whose shards are all empty.
-        shards = [g.reshape(-1).clone() if rank == 0 else g.reshape(-1)[:0].clone() for g in full_grads()]
-        out["empty_rank_stats"] = gan_sharded_(shards, mode="znorm")
-        out["empty_rank_shards"] = shards
-
-        # DTensors sharded along dim 0 (uneven rows), through the public gan_.
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.tensor import Replicate, Shard, distribute_tensor
-
-        mesh = init_device_mesh("cpu", (WORLD,))
-        dtensors = [distribute_tensor(g, mesh, [Shard(0)]) for g in full_grads()]
-        out["dtensor_stats"] = gan_(dtensors, mode="gc")
-        out["dtensor_full"] = [d.full_tensor() for d in dtensors]
-
-        # Unsupported placement and a group this rank is not in: errors before any change.
-        replicated = [distribute_tensor(g, mesh, [Replicate()]) for g in full_grads()[:2]]
-        before = [r.to_local().clone() for r in replicated]
+        gan_(replicated)
+    except ValueError as error:
+        out["replicate_error"] = str(error)
+    out["replicate_untouched"] = all(torch.equal(r.to_local(), b) for r, b in zip(replicated, before))
+    try:
+        gan_([distribute_tensor(full_grads()[0], mesh, [Shard(0)]), torch.randn(3)])
+    except TypeError as error:
+        out["mixed_error"] = str(error)
+    columns = [distribute_tensor(g, mesh, [Shard(1)]) for g in full_grads() if g.ndim > 1][:1]
+    try:
+        gan_(columns, mode="gc")
+    except ValueError as error:
+        out["gc_columns_error"] = str(error)
+    try:
+        gan_sharded_([g.reshape(-1) for g in full_grads()], mode="gc")
+    except ValueError as error:
+        out["gc_flat_error"] = str(error)
+    only_rank0 = dist.new_group([0])
+    if rank == 1:
+        shards = [g.reshape(-1) for g in full_grads()]
         try:
-            gan_(replicated)
+            gan_sharded_(shards, process_group=only_rank0)
         except ValueError as error:
-            out["replicate_error"] = str(error)
-        out["replicate_untouched"] = all(torch.equal(r.to_local(), b) for r, b in zip(replicated, before))
-        try:
-            gan_([distribute_tensor(full_grads()[0], mesh, [Shard(0)]), torch.randn(3)])
-        except TypeError as error:
-            out["mixed_error"] = str(error)
-        columns = [distribute_tensor(g, mesh, [Shard(1)]) for g in full_grads() if g.ndim > 1][:1]
-        try:
-            gan_(columns, mode="gc")
-        except ValueError as error:
-            out["gc_columns_error"] = str(error)
-        try:
-            gan_sharded_([g.reshape(-1) for g in full_grads()], mode="gc")
-        except ValueError as error:
-            out["gc_flat_error"] = str(error)
-        only_rank0 = dist.new_group([0])
-        if rank == 1:
-            shards = [g.reshape(-1) for g in full_grads()]
-            try:
-                gan_sharded_(shards, process_group=only_rank0)
-            except ValueError as error:
-                out["group_error"] = str(error)
+            out["group_error"] = str(error)
 
-        # DDP: the gradients are already averaged; GAN(AdamW) steps identically on every rank.
-        torch.manual_seed(0)
-        model = torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.ReLU(), torch.nn.Linear(12, 3))
-        ddp = torch.nn.parallel.DistributedDataParallel(model)
-        opt = GAN(torch.optim.AdamW(ddp.parameters(), lr=1e-2))
-        generator = torch.Generator().manual_seed(100 + rank)
-        for _ in range(3):
-            x = torch.randn(8, 6, generator=generator)
-            opt.zero_grad()
-            ddp(x).square().mean().backward()
-            opt.step()
-        out["ddp_params"] = [p.detach().clone() for p in model.parameters()]
-        out["ddp_step"] = opt.gan_state.step.item()
-        dist.destroy_process_group()
-    except Exception:
-        out = {"error": traceback.format_exc()}
-    results[rank] = out
+    # DDP: the gradients are already averaged; GAN(AdamW) steps identically on every rank.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.ReLU(), torch.nn.Linear(12, 3))
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    opt = GAN(torch.optim.AdamW(ddp.parameters(), lr=1e-2))
+    generator = torch.Generator().manual_seed(100 + rank)
+    for _ in range(3):
+        x = torch.randn(8, 6, generator=generator)
+        opt.zero_grad()
+        ddp(x).square().mean().backward()
+        opt.step()
+    out["ddp_params"] = [p.detach().clone() for p in model.parameters()]
+    out["ddp_step"] = opt.gan_state.step.item()
+    return out
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    init_file = tmp_path_factory.mktemp("dist") / "init"
-    with mp.Manager() as manager:
-        results = manager.dict()
-        mp.spawn(worker, args=(str(init_file), results), nprocs=WORLD, join=True)
-        outputs = [results[r] for r in range(WORLD)]
-    for out in outputs:
-        assert "error" not in out, out.get("error")
-    return outputs
+    return run_ranks(worker, WORLD, tmp_path_factory.mktemp("dist"))
 
 
 def gathered(shards_per_rank):
