@@ -23,7 +23,7 @@ from unittest import mock
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from benchmarks.shapes import SETS
+from benchmarks.shapes import SETS, non_eligible_shapes
 import gan_kernels
 from gan_kernels import GANState, gan_, reference, rule
 
@@ -223,7 +223,9 @@ def percentile(values: list[float], q: float) -> float:
 
 @contextlib.contextmanager
 def kernel_launches_stubbed() -> Iterator[None]:
-    """Replace every Triton kernel launch by a no-op: what remains of a step is its host side."""
+    """Replace every Triton kernel launch by a no-op: what remains of a step is its host side.
+    Every launch site of a plan goes through ``launch._launch`` until it has launched once for real
+    (``gan_``'s statistics, finalize and apply, and GANAdamW's update alike), so none escapes."""
     from gan_kernels.kernels import launch
 
     with mock.patch.object(launch, "_launch", lambda *args, **kwargs: None):
@@ -258,6 +260,51 @@ def host_times(set_name: str, device: str, steps: int = 50, cold_steps: int = 20
             cold.append(timed(recent[-1], state))
     return {"set": set_name, "tensors": len(shapes), "steady_us": steady * 1e6,
             "steady_us_per_tensor": steady * 1e6 / len(shapes), "cold_us": statistics.median(cold) * 1e6}
+
+
+def optimizer_host_times(set_name: str, name: str, device: str, steps: int = 50, cold_steps: int = 20) -> dict:
+    """Host microseconds of one step of the optimizer ``name`` (:data:`OPTIMIZERS`, GAN on the
+    Triton path) over the parameters of ``set_name``: its weights (the gradient shapes) and the
+    1-D parameters of :func:`benchmarks.shapes.non_eligible_shapes`, median over ``steps``,
+    ``steady`` (the same gradient buffers every step) and ``cold`` (new gradient buffers every
+    step). Triton launches are stubbed; torch's own AdamW (``gan+adamw-fused``) runs its real
+    fused kernel, which on a CPU is part of what is timed. On CPU tensors needs
+    ``TRITON_INTERPRET=1``."""
+    from gan_kernels import GAN, GANAdamW
+
+    shapes = SETS[set_name]() + non_eligible_shapes(set_name)
+    params = [torch.nn.Parameter(torch.zeros(shape, device=device)) for shape in shapes]
+
+    def fresh_grads() -> list[torch.Tensor]:
+        grads = [torch.zeros(shape, device=device) for shape in shapes]
+        for p, g in zip(params, grads):
+            p.grad = g
+        return grads
+
+    if name == "ganadamw":
+        optimizer = GANAdamW(params, backend="triton")
+    else:
+        optimizer = GAN(torch.optim.AdamW(params, fused=True), backend="triton")
+
+    def timed() -> float:
+        start = time.perf_counter()
+        optimizer.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    fresh_grads()
+    with kernel_launches_stubbed():
+        for _ in range(5):
+            timed()
+        steady = statistics.median(timed() for _ in range(steps))
+        # Keep recent gradients alive so that no new buffer can reuse the address of a cached one.
+        recent = collections.deque(maxlen=12)
+        cold = []
+        for _ in range(cold_steps):
+            recent.append(fresh_grads())
+            cold.append(timed())
+    return {"params": len(params), "steady_us": steady * 1e6, "cold_us": statistics.median(cold) * 1e6}
 
 
 def launched_step_us(set_name: str, steps: int = 200) -> float:

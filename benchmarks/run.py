@@ -74,6 +74,7 @@ from benchmarks.common import (  # noqa: E402
     make_grads,
     make_optimizer,
     make_step,
+    optimizer_host_times,
     optimizer_rows,
     percentile,
     run_meta,
@@ -95,6 +96,12 @@ OPTIMIZER_SETS = ["gpt2_small", "resnet56", "vgg16_bn"]
 TRAINING_REP_MS = 500
 TRAINING_WARM_UP_STEPS = 3
 TRAINING_REPEATS = 10
+# What the GAN(AdamW(fused=True)) host rows time besides host work: torch's fused AdamW is not a
+# Triton kernel, so it runs.
+FUSED_ADAMW_INCLUDES = {
+    "cpu": "torch's fused AdamW CPU kernel, run for real",
+    "cuda": "torch's fused AdamW kernel launch, and its GPU time (each step synchronises)",
+}
 
 
 def measure(set_name: str, dtype_name: str, device: str, implementations: list[str], repeats: int) -> list[dict]:
@@ -166,7 +173,9 @@ TRAINING_COLUMNS = [
 ]
 HOST_COLUMNS = [
     ("set", "{}"), ("tensors", "{}"), ("steady_us", "{:.1f}"), ("steady_us_per_tensor", "{:.2f}"),
-    ("cold_us", "{:.1f}"), ("launched_us", "{:.1f}"),
+    ("cold_us", "{:.1f}"), ("launched_us", "{:.1f}"), ("params", "{}"), ("ganadamw_steady_us", "{:.1f}"),
+    ("ganadamw_vs_gan_", "{:.2f}x"), ("ganadamw_cold_us", "{:.1f}"), ("gan_adamw_fused_steady_us", "{:.1f}"),
+    ("gan_adamw_fused_cold_us", "{:.1f}"),
 ]
 
 
@@ -185,19 +194,30 @@ def result_path(device: str, suffix: str = "") -> Path:
 
 def host_only(args) -> list[dict]:
     """The host side of one Triton step per set (float32): steady state and cold, and on CUDA the
-    wall time per step with the kernels really launched."""
+    wall time per step with the kernels really launched; beside it the host side of a GANAdamW
+    step and of a GAN(AdamW(fused=True)) step over the same weights plus the model's 1-D
+    parameters (:func:`benchmarks.common.optimizer_host_times`)."""
     if args.device == "cpu":
         # On CPU tensors the Triton path runs only under the interpreter; no kernel runs here.
         os.environ.setdefault("TRITON_INTERPRET", "1")
     host_times(HOST_WARM_UP_SET, args.device, steps=3, cold_steps=2)  # first-call costs, untimed
+    for name in ("ganadamw", "gan+adamw-fused"):
+        optimizer_host_times(HOST_WARM_UP_SET, name, args.device, steps=3, cold_steps=2)
     rows = []
     for set_name in tqdm(args.sets or list(SETS), desc="host side", unit="set", file=sys.stderr):
         row = host_times(set_name, args.device)
         row["device"] = device_name(args.device)
         if args.device == "cuda":
             row["launched_us"] = launched_step_us(set_name)
+        ours = optimizer_host_times(set_name, "ganadamw", args.device)
+        theirs = optimizer_host_times(set_name, "gan+adamw-fused", args.device)
+        row.update(params=ours["params"], ganadamw_steady_us=ours["steady_us"], ganadamw_cold_us=ours["cold_us"],
+                   ganadamw_vs_gan_=ours["steady_us"] / row["steady_us"], gan_adamw_fused_steady_us=theirs["steady_us"],
+                   gan_adamw_fused_cold_us=theirs["cold_us"], gan_adamw_fused_includes=FUSED_ADAMW_INCLUDES[args.device])
         rows.append(row)
-    print(f"device: {device_name(args.device)}; torch {torch.__version__}; host microseconds per gan_ step, kernel launches stubbed")
+    print(f"device: {device_name(args.device)}; torch {torch.__version__}; host microseconds per step, Triton launches "
+          f"stubbed: gan_ over the weights' gradients (tensors); GANAdamW and GAN(AdamW(fused=True)) over the weights "
+          f"and their 1-D parameters (params); GAN(AdamW(fused=True)) includes {FUSED_ADAMW_INCLUDES[args.device]}")
     print(format_table(rows, HOST_COLUMNS))
     write_rows(rows, args, "-host")
     return rows

@@ -60,3 +60,20 @@ SETS = {
     "tensor_64m": lambda: [(8192, 8192)],
     "synthetic_400": synthetic,
 }
+
+
+GPT2_BLOCK_VECTORS: list[Shape] = [(768,), (768,), (2304,), (768,), (768,), (768,), (3072,), (768,)]
+
+
+def non_eligible_shapes(set_name: str) -> list[Shape]:
+    """The 1-D parameters that go with the weights of ``set_name`` in the real model, which an
+    optimizer steps but GAN leaves alone: for the CIFAR ResNets and VGG-16-BN a batch-norm weight
+    and bias per convolution and the classifier's bias (ResNet-56: 56 weights, 167 parameters); for
+    GPT-2 small per block the two layer norms' weights and biases and the four projections' biases,
+    and the final layer norm (148 parameters); elsewhere one bias per weight."""
+    shapes = SETS[set_name]()
+    if set_name.startswith("resnet") or set_name == "vgg16_bn":
+        return [(s[0],) for s in shapes[:-1] for _ in range(2)] + [(shapes[-1][0],)]
+    if set_name == "gpt2_small":
+        return GPT2_BLOCK_VECTORS * 12 + [(768,), (768,)]
+    return [(s[0],) for s in shapes]
