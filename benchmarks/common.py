@@ -262,17 +262,20 @@ def host_times(set_name: str, device: str, steps: int = 50, cold_steps: int = 20
             "steady_us_per_tensor": steady * 1e6 / len(shapes), "cold_us": statistics.median(cold) * 1e6}
 
 
-def optimizer_host_times(set_name: str, name: str, device: str, steps: int = 50, cold_steps: int = 20) -> dict:
+def optimizer_host_times(set_name: str, name: str, device: str, steps: int = 200, cold_steps: int = 20) -> dict:
     """Host microseconds of one step of the optimizer ``name`` (:data:`OPTIMIZERS`, GAN on the
     Triton path) over the parameters of ``set_name``: its weights (the gradient shapes) and the
     1-D parameters of :func:`benchmarks.shapes.non_eligible_shapes`, median over ``steps``,
     ``steady`` (the same gradient buffers every step) and ``cold`` (new gradient buffers every
-    step). Triton launches are stubbed; torch's own AdamW (``gan+adamw-fused``) runs its real
-    fused kernel, which on a CPU is part of what is timed. On CPU tensors needs
-    ``TRITON_INTERPRET=1``."""
+    step). Each steady step alternates with a ``gan_`` step over the weights' gradients
+    (``gan_steady_us``), so that ``steady_us / gan_steady_us`` is a ratio of one run, whatever
+    else the machine does meanwhile. Triton launches are stubbed; torch's own AdamW
+    (``gan+adamw-fused``) runs its real fused kernel, which on a CPU is part of what is timed.
+    On CPU tensors needs ``TRITON_INTERPRET=1``."""
     from gan_kernels import GAN, GANAdamW
 
-    shapes = SETS[set_name]() + non_eligible_shapes(set_name)
+    weights = SETS[set_name]()
+    shapes = weights + non_eligible_shapes(set_name)
     params = [torch.nn.Parameter(torch.zeros(shape, device=device)) for shape in shapes]
 
     def fresh_grads() -> list[torch.Tensor]:
@@ -286,25 +289,33 @@ def optimizer_host_times(set_name: str, name: str, device: str, steps: int = 50,
     else:
         optimizer = GAN(torch.optim.AdamW(params, fused=True), backend="triton")
 
-    def timed() -> float:
+    def timed(step: Callable[[], object]) -> float:
         start = time.perf_counter()
-        optimizer.step()
+        step()
         if device == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    fresh_grads()
+    eligible = fresh_grads()[: len(weights)]
+    gan_state = GANState(device=device)
+
+    def gan_step() -> None:
+        gan_(eligible, gan_state, backend="triton")
+
     with kernel_launches_stubbed():
         for _ in range(5):
-            timed()
-        steady = statistics.median(timed() for _ in range(steps))
+            timed(optimizer.step)
+            timed(gan_step)
+        pairs = [(timed(optimizer.step), timed(gan_step)) for _ in range(steps)]
         # Keep recent gradients alive so that no new buffer can reuse the address of a cached one.
         recent = collections.deque(maxlen=12)
         cold = []
         for _ in range(cold_steps):
             recent.append(fresh_grads())
-            cold.append(timed())
-    return {"params": len(params), "steady_us": steady * 1e6, "cold_us": statistics.median(cold) * 1e6}
+            cold.append(timed(optimizer.step))
+    ours, gans = zip(*pairs)
+    return {"params": len(params), "steady_us": statistics.median(ours) * 1e6,
+            "gan_steady_us": statistics.median(gans) * 1e6, "cold_us": statistics.median(cold) * 1e6}
 
 
 def launched_step_us(set_name: str, steps: int = 200) -> float:

@@ -173,7 +173,7 @@ TRAINING_COLUMNS = [
 ]
 HOST_COLUMNS = [
     ("set", "{}"), ("tensors", "{}"), ("steady_us", "{:.1f}"), ("steady_us_per_tensor", "{:.2f}"),
-    ("cold_us", "{:.1f}"), ("launched_us", "{:.1f}"), ("params", "{}"), ("ganadamw_steady_us", "{:.1f}"),
+    ("cold_us", "{:.1f}"), ("launched_us", "{:.1f}"), ("params", "{}"), ("ganadamw_steady_us", "{:.1f}"), ("gan_steady_us_beside", "{:.1f}"),
     ("ganadamw_vs_gan_", "{:.2f}x"), ("ganadamw_cold_us", "{:.1f}"), ("gan_adamw_fused_steady_us", "{:.1f}"),
     ("gan_adamw_fused_cold_us", "{:.1f}"),
 ]
@@ -212,7 +212,7 @@ def host_only(args) -> list[dict]:
         ours = optimizer_host_times(set_name, "ganadamw", args.device)
         theirs = optimizer_host_times(set_name, "gan+adamw-fused", args.device)
         row.update(params=ours["params"], ganadamw_steady_us=ours["steady_us"], ganadamw_cold_us=ours["cold_us"],
-                   ganadamw_vs_gan_=ours["steady_us"] / row["steady_us"], gan_adamw_fused_steady_us=theirs["steady_us"],
+                   ganadamw_vs_gan_=ours["steady_us"] / ours["gan_steady_us"], gan_steady_us_beside=ours["gan_steady_us"], gan_adamw_fused_steady_us=theirs["steady_us"],
                    gan_adamw_fused_cold_us=theirs["cold_us"], gan_adamw_fused_includes=FUSED_ADAMW_INCLUDES[args.device])
         rows.append(row)
     print(f"device: {device_name(args.device)}; torch {torch.__version__}; host microseconds per step, Triton launches "

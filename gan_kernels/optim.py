@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterator
 from itertools import chain
-from operator import attrgetter
+from functools import partial
+from operator import attrgetter, is_, is_not, itemgetter
 from typing import Any
 
 import torch
@@ -24,8 +25,12 @@ from .state import GANState, GANStats
 from .validation import check_mode, is_dtensor
 
 _grad = attrgetter("grad")
+_params_of = itemgetter("params")
+_amsgrad_of = itemgetter("amsgrad")
 _data_ptr = Tensor.data_ptr
 _stride = Tensor.stride
+_is_contiguous = Tensor.is_contiguous
+_not_none = partial(is_not, None)
 _HOOK_REGISTRIES = (
     "_optimizer_step_pre_hooks",
     "_optimizer_step_post_hooks",
@@ -301,6 +306,9 @@ class GANAdamW(torch.optim.AdamW):
         self._plan = None
         self._plan_key: tuple | None = None
         self._held: _HeldLayout | None = None
+        # Bumped by every change to the state or to a parameter's state dict (_CountsWrites).
+        self._state_writes = [0]
+        self.state = _TrackedStates(self._state_writes)
         self._scratch: list[Tensor] = []  # the fallback's copies of the eligible gradients
 
     @property
@@ -325,6 +333,8 @@ class GANAdamW(torch.optim.AdamW):
             self._last["stats"] = held.plan.step(self.gan_state.to_(held.plan.device), self.mode, *self._hyper(),
                                                  self.rule, held.steps)
             return loss
+        if type(self.state) is not _TrackedStates:  # torch's load_state_dict sets a defaultdict of its own
+            self.state = _TrackedStates(self._state_writes, self.state)
         params, grads, groups, states = [], [], [], []
         for j, group in enumerate(self.param_groups):
             for p in group["params"]:
@@ -364,48 +374,56 @@ class GANAdamW(torch.optim.AdamW):
 
     def _held_layout(self) -> _HeldLayout | None:
         """The previous step's fused layout if this step has the same one, else None (the full path
-        then finds or builds the plan). Checked at every step, at the cost of a few C-level passes
-        over the parameters: the parameters and their groups (by object), which have gradients,
-        every parameter's and gradient's data pointer and every gradient's strides (a gradient's
-        shape, dtype and device are its parameter's, which a new data pointer would show), the
-        eligibility, the backend, the mode, and the optimizer state (the same state objects as
-        when the layout was built, and every state tensor the same object: ``load_state_dict``
-        and any assignment into the state are seen)."""
+        then finds or builds the plan). Checked at every step in a few C-level passes over the
+        parameters: the parameters and their groups (by object), which have gradients, every
+        parameter's and gradient's data pointer and every gradient's strides (a gradient's shape,
+        dtype and device are its parameter's, which a new data pointer would show), the
+        eligibility, the backend, the mode, and the optimizer state: nothing set, replaced or
+        removed in it or in a parameter's state dict since (they count their writes:
+        :class:`_CountsWrites`), and ``load_state_dict`` drops the layout."""
         held = self._held
-        if held is None or held.backend != self.backend or self.mode == "gc" or held.state is not self.state:
+        if held is None or held.backend != self.backend or held.mode != self.mode or held.state is not self.state:
             return None
         groups = self.param_groups
-        params = [p for group in groups for p in group["params"]]
-        if list(map(id, params)) != held.param_ids or [len(group["params"]) for group in groups] != held.group_sizes:
+        if list(map(len, map(_params_of, groups))) != held.group_sizes:
+            return None
+        if not all(map(is_, chain.from_iterable(map(_params_of, groups)), held.everything)):
             return None
         if not all(map(_fused_form, groups)):  # a group's fused/foreach flags changed since
             return None
-        grads = list(map(_grad, params))
-        present = [g for g in grads if g is not None]
-        try:
-            if (len(present) != len(held.grad_ptrs) or list(map(_data_ptr, present)) != held.grad_ptrs
-                    or list(map(_stride, present)) != held.grad_strides or list(map(_data_ptr, held.params)) != held.param_ptrs):
-                return None
-        except RuntimeError:  # a sparse gradient has no data pointer: the full path names it
+        if list(map(_amsgrad_of, groups)) != held.amsgrad:  # the layout has max_exp_avg_sq where it had
             return None
-        if present != grads and [g is None for g in grads] != held.absent:
+        grads = list(map(_grad, held.params))
+        try:
+            if (list(map(_data_ptr, chain(grads, held.params))) != held.ptrs
+                    or not (all(map(_is_contiguous, grads)) if held.contiguous else list(map(_stride, grads)) == held.grad_strides)):
+                return None
+        except (TypeError, RuntimeError):  # a gradient gone (None), or sparse (no data pointer): the full path
+            return None
+        if held.absent and any(map(_not_none, map(_grad, held.absent))):
+            return None
+        if self._state_writes[0] != held.state_writes:
             return None
         if self.eligible is not default_eligible and [bool(self.eligible(p)) for p in held.params] != held.flags:
-            return None
-        if not held.state_unchanged(self.state):
             return None
         return held
 
     def _state(self, p: Tensor, group: dict) -> dict:
         """The parameter's AdamW state, created as torch does (the step on the parameter's device
-        for a fused or capturable group, on the CPU otherwise)."""
-        state = self.state[p]
+        for a fused or capturable group, on the CPU otherwise), held in a :class:`_TrackedState`
+        so that the steady step sees any later change to it."""
+        state = self.state.get(p)
+        if type(state) is not _TrackedState:
+            state = self.state[p] = _TrackedState(self._state_writes, state or ())
         if not state:
             state["step"] = torch.zeros((), dtype=torch.float32, device=_step_device(p, group))
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             if group["amsgrad"]:
                 state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        elif group["amsgrad"] and "max_exp_avg_sq" not in state:
+            raise KeyError("max_exp_avg_sq: a parameter in a group with amsgrad=True has AdamW state made without "
+                           "amsgrad (as in torch's AdamW, amsgrad cannot be turned on for a parameter that has state)")
         return state
 
     def _hyper(self) -> tuple[list[tuple], list[tuple[int, int, Tensor]]]:
@@ -547,11 +565,13 @@ class GANAdamW(torch.optim.AdamW):
 
     def state_dict(self) -> dict[str, Any]:
         """torch's AdamW state dict, with the :class:`GANState` under ``"gan"`` (which the
-        state-dict post hooks see)."""
+        state-dict post hooks see). Each parameter's state is a plain dict, as torch's, so the
+        dict saves and loads with ``torch.load(weights_only=True)``."""
 
         def make() -> dict[str, Any]:
             with hooks_suspended(self):
                 state_dict = super(GANAdamW, self).state_dict()
+            state_dict["state"] = {key: dict(value) for key, value in state_dict["state"].items()}
             state_dict["gan"] = self.gan_state.state_dict()
             return state_dict
 
@@ -584,6 +604,78 @@ class GANAdamW(torch.optim.AdamW):
         return f"GANAdamW(mode={self.mode!r}, backend={self.backend!r}, eligible={eligible}{rule}) " + super().__repr__()
 
 
+class _CountsWrites:
+    """A mapping that counts every change to its entries (set, replace, remove) in ``writes``, a
+    one-element list it shares with the other state mappings of its optimizer, so that GANAdamW's
+    steady step sees in one comparison that its state changed."""
+
+    __slots__ = ()
+    writes: list[int]
+
+    def _written(self) -> None:
+        self.writes[0] += 1
+
+    def __setitem__(self, key, value) -> None:
+        self._written()
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key) -> None:
+        self._written()
+        super().__delitem__(key)
+
+    def __ior__(self, other):
+        self._written()
+        return super().__ior__(other)
+
+    def update(self, *args, **kwargs) -> None:
+        self._written()
+        super().update(*args, **kwargs)
+
+    def setdefault(self, key, default=None):
+        self._written()
+        return super().setdefault(key, default)
+
+    def pop(self, *args):
+        self._written()
+        return super().pop(*args)
+
+    def popitem(self):
+        self._written()
+        return super().popitem()
+
+    def clear(self) -> None:
+        self._written()
+        super().clear()
+
+
+class _TrackedState(_CountsWrites, dict):
+    """A parameter's GANAdamW state. It pickles and copies as a plain dict (``state_dict()`` holds
+    plain dicts, which ``torch.load(weights_only=True)`` takes)."""
+
+    __slots__ = ("writes",)
+
+    def __init__(self, writes: list[int], entries=()) -> None:
+        super().__init__(entries)
+        self.writes = writes
+
+    def __reduce__(self):
+        return dict, (dict(self),)
+
+
+class _TrackedStates(_CountsWrites, defaultdict):
+    """GANAdamW's ``state``: torch's ``defaultdict`` from parameters to their state, whose missing
+    entries are new :class:`_TrackedState` dicts. It pickles and copies as torch's."""
+
+    __slots__ = ("writes",)
+
+    def __init__(self, writes: list[int], entries=()) -> None:
+        super().__init__(partial(_TrackedState, writes), entries)
+        self.writes = writes
+
+    def __reduce__(self):
+        return defaultdict, (dict,), None, None, iter(self.items())
+
+
 class _HeldLayout:
     """What GANAdamW's steady state compares against: the layout of the last fused step and its plan."""
 
@@ -592,27 +684,17 @@ class _HeldLayout:
         groups = optimizer.param_groups
         everything = [p for group in groups for p in group["params"]]
         self.plan, self.steps, self.params, self.flags = plan, steps, params, flags
-        self.backend, self.state = optimizer.backend, optimizer.state
-        self.param_ids = list(map(id, everything))
+        self.backend, self.mode, self.state = optimizer.backend, optimizer.mode, optimizer.state
+        self.everything = everything  # every parameter, as the groups list them
         self.group_sizes = [len(group["params"]) for group in groups]
-        self.absent = [p.grad is None for p in everything]
-        self.param_ptrs = list(map(_data_ptr, params))
-        self.grad_ptrs = list(map(_data_ptr, grads))
+        self.amsgrad = list(map(_amsgrad_of, groups))
+        self.absent = [p for p in everything if p.grad is None]
+        self.ptrs = list(map(_data_ptr, chain(grads, params)))  # the gradients' then the parameters'
         self.grad_strides = list(map(_stride, grads))
-        self.state_objects = _state_objects(optimizer.state)
-        self.state_ids = list(map(id, self.state_objects))
-
-    def state_unchanged(self, state: dict) -> bool:
-        """Whether ``state`` holds the same per-parameter dicts, in the same order, holding the same
-        tensors as when the layout was built (compared by object: the held list keeps them alive,
-        so no new object can take the identity of one of them)."""
-        return list(map(id, _state_objects(state))) == self.state_ids
-
-
-def _state_objects(state: dict) -> list:
-    """Every per-parameter state dict, then every value in them, in the state's own order."""
-    dicts = list(state.values())
-    return dicts + list(chain.from_iterable(map(dict.values, dicts)))
+        # Every gradient contiguous: then one is laid out as before while it still is (its shape
+        # is its parameter's), which is cheaper to ask than its strides.
+        self.contiguous = all(map(_is_contiguous, grads))
+        self.state_writes = optimizer._state_writes[0]
 
 
 def hooked_state_dict(optimizer: torch.optim.Optimizer, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:

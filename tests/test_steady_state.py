@@ -6,6 +6,7 @@ and a custom rule, a non-finite step in the middle. Every run is compared by val
 step with GAN(torch.optim.AdamW) and, for float32 parameters, with a float64 evaluation."""
 
 import copy
+import io
 
 import pytest
 import torch
@@ -152,15 +153,24 @@ def test_a_training_loop_on_refilled_buffers(custom):
     torch.testing.assert_close(runs["fused"][1].gan_state.exponent.cpu(), exact.gan_state.exponent.cpu(), rtol=1e-5, atol=0)
 
 
+def saved_and_loaded(state_dict):
+    """A state dict through torch.save and torch.load(weights_only=True), as a checkpoint goes."""
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
 def test_a_checkpoint_loaded_mid_run_takes_effect_at_the_next_step():
     """Loading a state dict replaces the state tensors under a cached layout: the next step must
-    use the loaded moments, as a fresh optimizer loading the same checkpoint does."""
+    use the loaded moments, as a fresh optimizer loading the same checkpoint does. The checkpoint
+    goes through torch.save and torch.load(weights_only=True)."""
     params, groups = build("fused")
     optimizer = GANAdamW(groups, backend="triton")
     for step in range(3):
         fill(params, step)
         optimizer.step()
-    checkpoint = copy.deepcopy(optimizer.state_dict())
+    checkpoint = saved_and_loaded(optimizer.state_dict())
     fill(params, 3)
     optimizer.step()  # moves on past the checkpoint
     twin_params, twin_groups = build("twin")
@@ -186,6 +196,11 @@ def _replace_exp_avg(optimizer, params):
 def _replace_state_dict(optimizer, params):
     state = optimizer.state[params[3]]
     optimizer.state[params[3]] = {**state, "exp_avg_sq": state["exp_avg_sq"] * 4}
+
+
+def _update_a_state_dict(optimizer, params):
+    state = optimizer.state[params[1]]
+    state.update(exp_avg_sq=state["exp_avg_sq"] * 4)
 
 
 def _swap_parameter_storage(optimizer, params):
@@ -217,21 +232,47 @@ def _add_param_group(optimizer, params):
     params.append(extra)
 
 
+def _append_a_parameter(optimizer, params):
+    extra = torch.nn.Parameter(torch.full((6, 7), -0.2, device=DEVICE))
+    extra.grad = (torch.randn(extra.shape, generator=torch.Generator().manual_seed(9)) * 1e-2).to(DEVICE)
+    optimizer.param_groups[-1]["params"].append(extra)
+    params.append(extra)
+
+
 def _drop_a_gradient(optimizer, params):
     params[2].grad = None
 
 
+def _give_a_gradient(optimizer, params):
+    # Not a constant gradient: its centered form would be rounding noise, which AdamW normalises.
+    params[2].grad = (torch.randn(params[2].shape, generator=torch.Generator().manual_seed(8)) * 1e-2).to(DEVICE)
+
+
+def _transposed_square(params):
+    """The 24x24 parameter, its gradient and (made from it) its state laid out transposed."""
+    square = next(p for p in params if p.shape == (24, 24))
+    square.data = square.data.t().contiguous().t()
+    square.grad = torch.zeros_like(square)
+
+
 CHANGES = {"a state tensor replaced": _replace_exp_avg, "a state dict replaced": _replace_state_dict,
-           "a parameter's storage swapped": _swap_parameter_storage, "gradients reallocated": _reallocate_gradients,
-           "a gradient's strides changed": _transpose_gradient_strides, "a param group added": _add_param_group,
-           "a gradient dropped": _drop_a_gradient, "the eligibility flipped": None}
+           "a state dict updated": _update_a_state_dict, "a parameter's storage swapped": _swap_parameter_storage,
+           "gradients reallocated": _reallocate_gradients, "a gradient's strides changed": _transpose_gradient_strides,
+           "a transposed gradient's strides changed": _transpose_gradient_strides, "a param group added": _add_param_group,
+           "a parameter appended to a group": _append_a_parameter,
+           "a gradient dropped": _drop_a_gradient, "a gradient given": _give_a_gradient, "the eligibility flipped": None}
+# What some changes start from, set before the first step: a parameter without a gradient, and
+# a transposed (non-contiguous) layout.
+SETUPS = {"a gradient given": _drop_a_gradient, "a transposed gradient's strides changed": lambda _, params: _transposed_square(params)}
 
 
+@pytest.mark.parametrize("reloaded", [False, True], ids=["", "after-a-reload"])
 @pytest.mark.parametrize("change", list(CHANGES))
-def test_a_change_between_steps_takes_effect_at_the_next_step(change):
+def test_a_change_between_steps_takes_effect_at_the_next_step(change, reloaded):
     """The steady state reuses the last step's layout only while nothing it depends on changed:
     each change here, made to GANAdamW and to GAN(AdamW) alike between two steps, must show in
-    the very next step."""
+    the very next step; also in a run whose state was reloaded from its own state dict after
+    its first step (torch's ``load_state_dict`` puts the state in new containers)."""
     switch = {"flip": False}
 
     def eligible(p):
@@ -242,6 +283,8 @@ def test_a_change_between_steps_takes_effect_at_the_next_step(change):
         params, groups = build(kind)
         groups = groups[:2]
         params = [p for group in groups for p in group["params"]]
+        if change in SETUPS:
+            SETUPS[change](None, params)
         if kind == "fused":
             optimizer = GANAdamW(groups, backend="triton", eligible=eligible)
         else:
@@ -259,9 +302,30 @@ def test_a_change_between_steps_takes_effect_at_the_next_step(change):
                     CHANGES[change](optimizer, params)
         for params, optimizer in runs:
             optimizer.step()
+            if reloaded and step == 0:
+                optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
         (ours, fused), (theirs, composed) = runs
         assert_close(ours, theirs)
         torch.testing.assert_close(fused.last_stats.global_std, composed.last_stats.global_std, rtol=1e-5, atol=0)
+
+
+def test_amsgrad_turned_on_over_existing_state_raises_as_in_torch():
+    """A parameter whose state was made without amsgrad has no max_exp_avg_sq: torch's AdamW
+    raises KeyError when its group turns amsgrad on, and so does GANAdamW, on its steady layout
+    too, before anything changes (its update would otherwise read a moment that is not there)."""
+    for kind in ("fused", "torch"):
+        params, groups = build(kind)
+        groups = [dict(group, amsgrad=False) for group in groups[:1]]
+        params = groups[0]["params"]
+        optimizer = GANAdamW(groups, backend="triton") if kind == "fused" else torch.optim.AdamW(groups)
+        for step in range(2):
+            fill(params, step)
+            optimizer.step()
+        optimizer.param_groups[0]["amsgrad"] = True
+        before = [bits(p.detach()) for p in params]
+        with pytest.raises(KeyError, match="max_exp_avg_sq"):
+            optimizer.step()
+        assert all(torch.equal(bits(p.detach()), b) for p, b in zip(params, before))
 
 
 def test_a_backend_switched_between_steps_takes_effect_in_gan_too():
