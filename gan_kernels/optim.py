@@ -372,6 +372,19 @@ class GANAdamW(torch.optim.AdamW):
             self._last["stats"] = plan.step(self.gan_state.to_(plan.device), self.mode, *self._hyper(), self.rule, steps)
         return loss
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything but the cached plan, layout and scratch (a copy rebuilds them at its first
+        step); torch's own ``__getstate__`` would also drop the GAN options and state."""
+        state = self.__dict__.copy()
+        state.update(_plan=None, _plan_key=None, _held=None, _scratch=[])
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        # A copy's state counts its writes with a counter of its own.
+        self._state_writes = [0]
+        self.state = _TrackedStates(self._state_writes, self.state)
+
     def _held_layout(self) -> _HeldLayout | None:
         """The previous step's fused layout if this step has the same one, else None (the full path
         then finds or builds the plan). Checked at every step in a few C-level passes over the

@@ -468,6 +468,13 @@ MUTANTS = [
         STEADY_TESTS,
     ),
     Mutant(
+        "a copy of GANAdamW (copy.deepcopy, pickle) keeps only what torch's Optimizer keeps",
+        OPTIM,
+        '    def __getstate__(self) -> dict[str, Any]:\n        """Everything but the cached plan',
+        '    def _getstate(self) -> dict[str, Any]:\n        """Everything but the cached plan',
+        ("tests/test_adamw.py", "-k", "checkpoints"),
+    ),
+    Mutant(
         "GANAdamW's steady state compares the parameters only as far as the shorter list goes",
         OPTIM,
         "        if list(map(len, map(_params_of, groups))) != held.group_sizes:",

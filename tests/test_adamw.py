@@ -162,6 +162,10 @@ def test_checkpoints_move_both_ways_and_resume_bit_for_bit(backend):
             set_grads(params, step)
             opt.step()
     checkpoint = copy.deepcopy(fused.state_dict())
+    # A copy of the optimizer with its parameters (as copy.deepcopy of a training setup makes)
+    # goes on as the original does, GAN options and state included.
+    copied_params, copied = copy.deepcopy((ours, fused))
+    assert copied.mode == fused.mode and torch.equal(copied.gan_state.exponent, fused.gan_state.exponent)
     assert set(checkpoint) == {"state", "param_groups", "gan"}
     assert set(checkpoint["state"][0]) == {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
 
@@ -177,11 +181,11 @@ def test_checkpoints_move_both_ways_and_resume_bit_for_bit(backend):
 
     for step in range(2, 4):
         for params, opt in ((ours, fused), (resumed_params, resumed), (into_composed_params, into_composed),
-                            (theirs, composed), (from_composed_params, from_composed)):
+                            (theirs, composed), (from_composed_params, from_composed), (copied_params, copied)):
             set_grads(params, step)
             opt.step()
-    for a, b in zip(ours, resumed_params):
-        assert torch.equal(a, b)
+    for a, b, c in zip(ours, resumed_params, copied_params):
+        assert torch.equal(a, b) and torch.equal(a, c)
     assert torch.equal(fused.gan_state.exponent, resumed.gan_state.exponent)
     assert_close(into_composed_params, ours, torch.float32)
     assert_close(from_composed_params, theirs, torch.float32)
