@@ -333,8 +333,6 @@ class GANAdamW(torch.optim.AdamW):
             self._last["stats"] = held.plan.step(self.gan_state.to_(held.plan.device), self.mode, *self._hyper(),
                                                  self.rule, held.steps)
             return loss
-        if type(self.state) is not _TrackedStates:  # torch's load_state_dict sets a defaultdict of its own
-            self.state = _TrackedStates(self._state_writes, self.state)
         params, grads, groups, states = [], [], [], []
         for j, group in enumerate(self.param_groups):
             for p in group["params"]:
@@ -380,8 +378,9 @@ class GANAdamW(torch.optim.AdamW):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        """A copy's, or (called by torch's ``load_state_dict``) a loaded state's: the state goes into
+        containers that count their writes with a counter of their own."""
         super().__setstate__(state)
-        # A copy's state counts its writes with a counter of its own.
         self._state_writes = [0]
         self.state = _TrackedStates(self._state_writes, self.state)
 
@@ -708,6 +707,9 @@ class _HeldLayout:
         # is its parameter's), which is cheaper to ask than its strides.
         self.contiguous = all(map(_is_contiguous, grads))
         self.state_writes = optimizer._state_writes[0]
+        # The state tensors the plan's tables point to, kept alive with it: a layout wrongly held
+        # would then write into memory that is still theirs, never into freed memory.
+        self.state_tensors = [list(state.values()) for state in states]
 
 
 def hooked_state_dict(optimizer: torch.optim.Optimizer, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
