@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 
 import torch
@@ -71,8 +70,12 @@ def gan_(
     if torch.compiler.is_compiling():
         if rule is not None:
             # A Python callable cannot cross the compiled operator: the step runs eagerly instead,
-            # the rule included (RULE_UNDER_COMPILE).
-            return _eager_step(grads, state, mode, backend, check_rule(rule))
+            # the rule included (RULE_UNDER_COMPILE). The module is imported here, while tracing
+            # (torch.compile imports it for real, and has loaded torch._dynamo already), so that
+            # importing gan_kernels does not load torch._dynamo.
+            from .outside_graph import eager_step
+
+            return eager_step(grads, state, mode, backend, check_rule(rule))
         return _traced_gan_(grads, state, mode, backend)
     return _eager_gan_(grads, state, mode, backend, rule)
 
@@ -87,10 +90,6 @@ RULE_UNDER_COMPILE = (
     "a rule of one's own is a Python callable, which the compiled operator gan_kernels::gan_step cannot "
     "take, so the step runs eagerly, outside the graph (rule=None keeps it one operator in the graph)"
 )
-if "reason" in inspect.signature(torch.compiler.disable).parameters:
-    _eager_step = torch.compiler.disable(_eager_gan_, reason=RULE_UNDER_COMPILE)
-else:  # older torch: the same, with dynamo's own message under fullgraph=True
-    _eager_step = torch.compiler.disable(_eager_gan_)
 
 
 def step(
