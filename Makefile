@@ -8,7 +8,7 @@ TEST_PINS ?= triton==3.8.0 transformers==5.17.0 accelerate==1.15.0 lightning==2.
 TRITON_COMPAT ?= triton==3.6.0
 GPU_CHECK_OUT ?= gpu-check
 
-.PHONY: install demo test bench aot aot-compat gpu-check mutants clean
+.PHONY: install demo test docs bench aot aot-compat gpu-check mutants clean
 
 $(PYTHON):
 	python3 -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: install
 # The test suite, then every benchmark once as a smoke test (timings are never asserted).
 test: install
 	$(PYTHON) -m pytest -q tests benchmarks --benchmark-disable
+
+# The documentation site, built into site/; --strict makes a broken link or a missing reference an error.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict
 
 bench: install
 	$(PYTHON) benchmarks/run.py --save
@@ -44,4 +48,4 @@ mutants: install
 	$(PYTHON) tests/mutation_check.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis .benchmarks
+	rm -rf $(VENV) site build dist *.egg-info .pytest_cache .hypothesis .benchmarks

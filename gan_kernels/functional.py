@@ -64,8 +64,10 @@ def gan_(
         ``stds``, on the gradients' device.
 
     Raises:
-        TypeError / ValueError: for bad input (``docs/guarantees.md``), naming the offending index,
-        before anything is modified.
+        TypeError: a non-tensor, sparse or non-floating gradient, or a bare tensor for the list.
+        ValueError: tensors on different devices, an expanded or overlapping view, an unknown
+            ``mode`` or ``backend`` (``docs/guarantees.md``). Each names the offending index and
+            is raised before anything is modified.
     """
     if torch.compiler.is_compiling():
         if rule is not None:
