@@ -19,13 +19,18 @@ from pathlib import Path
 from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File, Files, InclusionLevel
 
-REPOSITORY = Path(__file__).resolve().parent.parent
+REPOSITORY = Path(os.path.abspath(__file__)).parent.parent
 PUBLISHED = "repository"
 # An inline Markdown link or image: ](target) or ](target#anchor), the target without spaces.
 LINK = re.compile(r"(?P<head>\]\()(?P<target>[^)\s#]*)(?P<anchor>#[^)\s]*)?\)")
 # Fenced code blocks and code spans, whose text is not Markdown.
 CODE = re.compile(r"^(?P<fence>[ \t]*(?:`{3,}|~{3,})).*?^(?P=fence)[ \t]*$|`[^`\n]*`", re.M | re.S)
 INCLUDE = re.compile(r'^--8<-- "(?P<path>[^"]+)"[ \t]*$', re.M)
+
+
+def _normal(path) -> Path:
+    """An absolute path with ``..`` removed, symbolic links kept (a checkout may link folders in)."""
+    return Path(os.path.normpath(os.path.abspath(path)))
 
 
 def _relative(target: str) -> bool:
@@ -49,7 +54,7 @@ def _expand_includes(markdown: str, page_dir: Path) -> str:
         source = REPOSITORY / match["path"]
         if not source.is_file():
             raise PluginError(f"--8<-- names {match['path']}, which does not exist")
-        rebase = lambda target: os.path.relpath((source.parent / target).resolve(), page_dir)
+        rebase = lambda target: os.path.relpath(_normal(source.parent / target), page_dir)
         return _rewrite_links(source.read_text(encoding="utf-8"), rebase)
 
     return INCLUDE.sub(include, markdown)
@@ -61,7 +66,7 @@ def _published(path: Path) -> str:
 
 def _outside_docs(page_dir: Path, target: str, docs_dir: Path) -> Path | None:
     """The repository file that a link of a page in ``page_dir`` names, if it lies outside docs/."""
-    path = (page_dir / target).resolve()
+    path = _normal(page_dir / target)
     if path.is_relative_to(docs_dir) or not path.is_relative_to(REPOSITORY) or not path.is_file():
         return None
     return path
@@ -81,7 +86,7 @@ def _page(docs_dir: Path, src_uri: str, markdown: str, found: list[Path]) -> str
 
 
 def on_files(files: Files, config) -> Files:
-    docs_dir = Path(config["docs_dir"]).resolve()
+    docs_dir = _normal(config["docs_dir"])
     for page in list(files.documentation_pages()):
         found: list[Path] = []
         _page(docs_dir, page.src_uri, Path(page.abs_src_path).read_text(encoding="utf-8"), found)
@@ -94,4 +99,4 @@ def on_files(files: Files, config) -> Files:
 
 
 def on_page_markdown(markdown: str, page, config, files: Files) -> str:
-    return _page(Path(config["docs_dir"]).resolve(), page.file.src_uri, markdown, [])
+    return _page(_normal(config["docs_dir"]), page.file.src_uri, markdown, [])

@@ -68,13 +68,14 @@ class GradientRecorder:
             or a list of ints, ``False`` for none. :meth:`record` then needs the gradients (a
             recorder from :meth:`for_optimizer` reads them from the optimizer). Memory: ``max(lags)
             + 1`` float32 copies of the eligible gradients, 4 bytes each per element.
-        model, probe: record the function-space step size: ``model`` is run on the fixed ``probe``
-            batch (a tensor, a tuple of positional arguments or a dict of keyword arguments) now,
-            at construction, and then at every ``probe_every``-th recorded step. The output must be
-            a tensor, a tuple whose first element is one, or have a ``logits`` tensor; its first
-            dimension indexes the examples. The forward runs under ``torch.no_grad()`` with every
-            module in eval mode (no dropout, BatchNorm's running statistics left alone), and each
-            module's mode is restored afterwards.
+        model: with ``probe``, record the function-space step size: ``model`` is run on the fixed
+            ``probe`` batch now, at construction, and then at every ``probe_every``-th recorded
+            step. The output must be a tensor, a tuple whose first element is one, or have a
+            ``logits`` tensor; its first dimension indexes the examples. The forward runs under
+            ``torch.no_grad()`` with every module in eval mode (no dropout, BatchNorm's running
+            statistics left alone), and each module's mode is restored afterwards.
+        probe: the fixed batch for ``model``: a tensor, a tuple of positional arguments or a dict
+            of keyword arguments.
         probe_every: the number of steps between probes (at least 1).
 
     After :meth:`flush`, ``rows`` holds one dict per step: ``step``; ``global_std``, ``alpha``,

@@ -41,7 +41,10 @@ class GANCallback(Callback):
     eligible, rule; defaults included), else ``on_train_start`` raises ``RuntimeError`` naming them.
 
     Args:
-        mode, backend, eligible, rule: as for :class:`gan_kernels.GAN`.
+        mode: the mode, as for :class:`gan_kernels.GAN`.
+        backend: the backend, as for :class:`gan_kernels.GAN`.
+        eligible: the eligibility rule, as for :class:`gan_kernels.GAN`.
+        rule: the alpha rule, as for :class:`gan_kernels.GAN`.
 
     Attributes:
         gans: the GAN in use for each optimizer while training runs, in the order of

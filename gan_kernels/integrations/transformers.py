@@ -44,7 +44,10 @@ class GANCallback(TrainerCallback, ExportableState):
     eligible, rule; defaults included), else ``on_train_begin`` raises ``RuntimeError`` naming them.
 
     Args:
-        mode, backend, eligible, rule: as for :class:`gan_kernels.GAN`.
+        mode: the mode, as for :class:`gan_kernels.GAN`.
+        backend: the backend, as for :class:`gan_kernels.GAN`.
+        eligible: the eligibility rule, as for :class:`gan_kernels.GAN`.
+        rule: the alpha rule, as for :class:`gan_kernels.GAN`.
 
     Attributes:
         gan: the GAN in use while training runs (the attachment made, or the ``GAN``,
