@@ -15,7 +15,7 @@ $(PYTHON):
 	$(PYTHON) -m pip install --quiet --upgrade pip
 
 install: $(PYTHON)
-	$(PYTHON) -m pip install --quiet "$(TORCH_PIN)" $(TEST_PINS) -e ".[test,demo,bench,hf,lightning]"
+	$(PYTHON) -m pip install --quiet "$(TORCH_PIN)" $(TEST_PINS) -e ".[test,demo,bench,hf,lightning,docs]"
 
 demo: install
 	$(PYTHON) examples/train.py
