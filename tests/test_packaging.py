@@ -124,9 +124,10 @@ def test_quick_tests_pass_from_the_unpacked_sdist(built):
     _, _, unpacked = built
     env = {name: value for name, value in os.environ.items()
            if name not in ("PYTHONPATH", "PYTEST_ADDOPTS", "TRITON_INTERPRET")}
-    where = subprocess.run([sys.executable, "-c", "import gan_kernels, tests.helpers as h; print(gan_kernels.__file__, h.__file__)"],
-                           cwd=unpacked, env=env, capture_output=True, text=True, check=True).stdout.split()
-    assert all(Path(path).resolve().is_relative_to(unpacked.resolve()) for path in where), where
+    code = "import gan_kernels, tests.helpers; print(gan_kernels.__file__, tests.helpers.__file__, sep='\\n')"
+    where = subprocess.run([sys.executable, "-c", code], cwd=unpacked, env=env, capture_output=True, text=True,
+                           check=True).stdout.splitlines()
+    assert len(where) == 2 and all(Path(path).resolve().is_relative_to(unpacked.resolve()) for path in where), where
     done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *QUICK_TESTS],
                           cwd=unpacked, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
