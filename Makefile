@@ -14,8 +14,25 @@ $(PYTHON):
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 
-install: $(PYTHON)
+# pip runs only when pyproject.toml or the pins have changed since the last install: the stamp's
+# prerequisites are pyproject.toml and a record of the pins, which is rewritten only when they differ.
+INSTALLED := $(VENV)/.installed
+PINS_RECORD := $(VENV)/.pins
+PINS := $(strip $(TORCH_PIN) $(TEST_PINS))
+
+ifneq '$(shell cat $(PINS_RECORD) 2>/dev/null)' '$(PINS)'
+$(PINS_RECORD): FORCE
+endif
+$(PINS_RECORD): | $(PYTHON)
+	printf '%s\n' '$(PINS)' > $@
+
+$(INSTALLED): pyproject.toml $(PINS_RECORD) | $(PYTHON)
 	$(PYTHON) -m pip install --quiet "$(TORCH_PIN)" $(TEST_PINS) -e ".[test,demo,bench,hf,lightning,docs]"
+	touch $@
+
+install: $(INSTALLED)
+
+FORCE:
 
 demo: install
 	$(PYTHON) examples/train.py
