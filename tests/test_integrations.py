@@ -49,7 +49,7 @@ def test_an_integration_without_its_library_names_the_extra(module, extra):
         "try:\n    import gan_kernels.integrations.%s\nexcept ImportError as error:\n    print(error)" % (module, module)
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert f"pip install 'gan-kernels[{extra}]'" in out
+    assert f"{extra} extra" in out and f"pip install '.[{extra}]'" in out
 
 
 # -- Hugging Face ------------------------------------------------------------------------------

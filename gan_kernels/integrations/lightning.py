@@ -26,7 +26,10 @@ from torch import Tensor
 try:
     from lightning.pytorch import Callback
 except ImportError as error:  # pragma: no cover - exercised without the library
-    raise ImportError("gan_kernels.integrations.lightning needs Lightning: pip install 'gan-kernels[lightning]'") from error
+    raise ImportError(
+        "gan_kernels.integrations.lightning needs Lightning: install the package's lightning extra "
+        "(from a checkout: pip install '.[lightning]')"
+    ) from error
 
 from ..hooks import Attachment, use_or_attach
 from ..rule import Rule

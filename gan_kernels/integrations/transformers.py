@@ -28,7 +28,8 @@ try:
     from transformers.trainer_callback import ExportableState
 except ImportError as error:  # pragma: no cover - exercised without the library
     raise ImportError(
-        "gan_kernels.integrations.transformers needs Hugging Face transformers: pip install 'gan-kernels[hf]'"
+        "gan_kernels.integrations.transformers needs Hugging Face transformers: install the "
+        "package's hf extra (from a checkout: pip install '.[hf]')"
     ) from error
 
 from ..hooks import Attachment, innermost, use_or_attach
