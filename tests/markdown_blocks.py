@@ -185,6 +185,7 @@ class BlockFailed(AssertionError):
 
 def execute(block: Block, namespace: dict) -> None:
     """Runs one block in ``namespace``; a failure raises ``BlockFailed`` naming the page's line."""
+    __tracebackhide__ = True  # pytest shows the block's traceback in the message, not this frame
     filename = str(block.path.resolve()) if block.path.exists() else str(block.path)
     if block.language in SESSION:
         test = doctest.DocTestParser().get_doctest(block.code, namespace, block.where, filename, block.line)
@@ -213,6 +214,7 @@ def run(page: Page, block: Block) -> dict:
     """Runs ``block`` (after the blocks it continues) in a fresh namespace with a fixed seed, in the
     current working directory, and returns the namespace. A failure in an earlier block of the
     chain fails this one, naming it; the caller decides on skips (``chain_skip``)."""
+    __tracebackhide__ = True
     for each in chain(page, block):
         if each.problems:
             raise BlockFailed(f"{each.where}: bad markers: " + "; ".join(each.problems))
