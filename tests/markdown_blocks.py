@@ -9,6 +9,7 @@ import random
 import re
 import textwrap
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -235,6 +236,27 @@ def run(page: Page, block: Block) -> dict:
                 raise
             raise BlockFailed(f"{each.where}, which {block.where} continues, failed: {failure}") from None
     return namespace
+
+
+@contextmanager
+def isolated():
+    """Restores what a block may change for the tests that run after it in the same process: the
+    random generators' states, torch's default dtype and whether grad mode is on."""
+    python_state, dtype, grad = random.getstate(), torch.get_default_dtype(), torch.is_grad_enabled()
+    try:
+        import numpy
+    except ImportError:
+        numpy = None
+    numpy_state = numpy.random.get_state() if numpy else None
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            if numpy:
+                numpy.random.set_state(numpy_state)
+            torch.set_default_dtype(dtype)
+            torch.set_grad_enabled(grad)
 
 
 def chain_skip(page: Page, block: Block) -> str | None:

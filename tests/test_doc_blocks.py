@@ -30,8 +30,10 @@ never closed. No block is left out silently: a block runs, or its test is report
 with the reason.
 """
 
-import torch
+import random
+
 import pytest
+import torch
 
 from tests import markdown_blocks as md
 
@@ -42,19 +44,22 @@ BLOCKS = {block.where: (page, block) for page in PAGES.values() for block in pag
 @pytest.mark.parametrize("name", list(PAGES))
 def test_the_page_marks_up_its_blocks(name):
     problems = PAGES[name].problems
-    assert not problems, f"{name}:\n  " + "\n  ".join(problems)
+    if problems:
+        pytest.fail(f"{name}:\n  " + "\n  ".join(problems), pytrace=False)
 
 
 @pytest.mark.parametrize("where", list(BLOCKS))
 def test_the_block_runs(where, tmp_path, monkeypatch):
     page, block = BLOCKS[where]
     for each in md.chain(page, block):
-        assert not each.problems, f"{each.where}: " + "; ".join(each.problems)
+        if each.problems:
+            pytest.fail(f"{each.where}: " + "; ".join(each.problems), pytrace=False)
     reason = md.chain_skip(page, block)
     if reason:
         pytest.skip(reason)
     monkeypatch.chdir(tmp_path)
-    md.run(page, block)
+    with md.isolated():
+        md.run(page, block)
 
 
 # -- the runner itself, on pages written here -----------------------------------------------------
@@ -152,6 +157,18 @@ def test_continues_after_a_failing_block_fails_naming_it():
 def test_continues_after_a_skipped_block_is_skipped():
     parsed = page("<!-- skip: planted -->\n```python\nx = 1\n```\n<!-- continues -->\n```python\ny = x\n```\n")
     assert md.chain_skip(parsed, parsed.blocks[1]) == "continues page.md:2: planted"
+
+
+def test_a_block_leaves_the_process_as_it_found_it():
+    parsed = page("```python\nimport random, torch\nrandom.seed(1)\ntorch.manual_seed(1)\n"
+                  "torch.set_default_dtype(torch.float64)\ntorch.set_grad_enabled(False)\n```\n")
+    random.seed(7), torch.manual_seed(7)
+    expected = random.random(), torch.rand(())
+    random.seed(7), torch.manual_seed(7)
+    with md.isolated():
+        md.run(parsed, parsed.blocks[0])
+    assert (random.random(), torch.rand(())) == expected
+    assert torch.get_default_dtype() == torch.float32 and torch.is_grad_enabled()
 
 
 def test_every_run_starts_fresh_and_seeded():

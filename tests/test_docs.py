@@ -39,7 +39,8 @@ def test_the_rule_example_runs_and_says_what_it_says(tmp_path, monkeypatch):
     if reason:
         pytest.skip(reason)
     monkeypatch.chdir(tmp_path)
-    stats = md.run(page, block)["opt"].last_stats
+    with md.isolated():
+        stats = md.run(page, block)["opt"].last_stats
     assert stats.alpha.item() == pytest.approx(stats.global_std.clamp(max=1).sqrt().item(), rel=1e-6)
 
 

@@ -17,7 +17,8 @@ def test_the_telemetry_snippet_runs_as_written(tmp_path, monkeypatch):
     if reason:
         pytest.skip(reason)
     monkeypatch.chdir(tmp_path)
-    md.run(page, block)
+    with md.isolated():
+        md.run(page, block)
     written = sorted(tmp_path.glob("*.csv"))
     assert written, f"{block.where} should write a CSV"
     with open(written[0], newline="") as f:
