@@ -9,7 +9,7 @@ import pytest
 from tests import markdown_blocks as md
 
 ROOT = Path(__file__).resolve().parent.parent
-MARKDOWN = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
+MARKDOWN = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").rglob("*.md"))]
 SOURCES = [p for folder in ("gan_kernels", "tests", "benchmarks", "examples") for p in (ROOT / folder).rglob("*.py")]
 
 
@@ -33,8 +33,8 @@ def test_no_reference_to_a_contract_outside_the_repository():
 
 
 def test_the_rule_example_runs_and_says_what_it_says(tmp_path, monkeypatch):
-    # The example prints alpha beside min(1, sigma) ** 0.5 and says they are equal.
-    page, block = md.find("def sqrt_rule", "global_std.clamp(max=1).sqrt()")
+    # The example's rule makes alpha min(1, sigma) ** 0.5.
+    page, block = md.find("def sqrt_rule")
     reason = md.chain_skip(page, block)
     if reason:
         pytest.skip(reason)
