@@ -48,7 +48,15 @@ def test_the_page_marks_up_its_blocks(name):
         pytest.fail(f"{name}:\n  " + "\n  ".join(problems), pytrace=False)
 
 
-@pytest.mark.parametrize("where", list(BLOCKS))
+def needs_cuda(page, block) -> bool:
+    """Whether the block, or one it continues, requires CUDA: the GPU check runs those (marked gpu)."""
+    return any(name == "requires" and "cuda" in [part.strip() for part in argument.split(",")]
+               for each in md.chain(page, block) for _, name, argument in each.markers)
+
+
+@pytest.mark.parametrize(
+    "where", [pytest.param(where, marks=pytest.mark.gpu) if needs_cuda(*BLOCKS[where]) else where for where in BLOCKS]
+)
 def test_the_block_runs(where, tmp_path, monkeypatch):
     page, block = BLOCKS[where]
     for each in md.chain(page, block):
