@@ -8,7 +8,7 @@ TEST_PINS ?= triton==3.8.0 transformers==5.17.0 accelerate==1.15.0 lightning==2.
 TRITON_COMPAT ?= triton==3.6.0
 GPU_CHECK_OUT ?= gpu-check
 
-.PHONY: install demo test docs bench aot aot-compat gpu-check mutants clean
+.PHONY: install demo test bench-smoke docs bench aot aot-compat gpu-check mutants clean
 
 $(PYTHON):
 	python3 -m venv $(VENV)
@@ -37,9 +37,14 @@ FORCE:
 demo: install
 	$(PYTHON) examples/train.py
 
-# The test suite, then every benchmark once as a smoke test (timings are never asserted).
+# The test suite.
 test: install
-	$(PYTHON) -m pytest -q tests benchmarks --benchmark-disable
+	$(PYTHON) -m pytest -q tests
+
+# Every benchmark once as a smoke test, and the benchmark runner's own tests (timings are never
+# asserted); slower than the suite, so a target of its own, which CI runs after it.
+bench-smoke: install
+	$(PYTHON) -m pytest -q benchmarks --benchmark-disable
 
 # The documentation site, built into site/; --strict makes a broken link or a missing reference an error.
 docs: install
