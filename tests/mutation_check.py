@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-COPIED = ("gan_kernels", "tests", "benchmarks", "examples", "pyproject.toml")
+COPIED = ("gan_kernels", "tests", "benchmarks", "examples", "docs", "pyproject.toml", "README.md", "CHANGELOG.md",
+          "LICENSE", "MANIFEST.in", "Makefile", "mkdocs.yml")
 
 FALLBACK = "gan_kernels/fallback.py"
 APPLY = "gan_kernels/kernels/apply.py"
@@ -641,6 +642,27 @@ MUTANTS = [
         "        if scale is not None and grads:\n            torch._foreach_mul_(grads, scale)",
         "        if False:\n            torch._foreach_mul_(grads, scale)",
         ("tests/test_hooks.py",),
+    ),
+    Mutant(
+        "documentation: a code block that raises passes",
+        "tests/markdown_blocks.py",
+        "        exec(code, namespace)\n    except Exception as error:",
+        "        exec(code, namespace)\n    except Exception as error:\n        return\n    except BaseException as error:",
+        ("tests/test_doc_blocks.py",),
+    ),
+    Mutant(
+        "documentation site: the repository files a page links to are not published",
+        "docs/hooks.py",
+        "    if path.is_relative_to(docs_dir) or not path.is_relative_to(REPOSITORY) or not path.is_file():",
+        "    if True:",
+        ("tests/test_docs_site.py",),
+    ),
+    Mutant(
+        "sdist: the tests' conftest left out",
+        "MANIFEST.in",
+        "graft tests\n",
+        "graft tests\nexclude tests/conftest.py\n",
+        ("tests/test_packaging.py",),
     ),
 ]
 
