@@ -219,15 +219,15 @@ MUTANTS = [
     Mutant(
         "GANAdamW's fallback steps AdamW on a non-finite step",
         "gan_kernels/optim.py",
-        "found_inf=stats.nonfinite.to(torch.float32) if fused else None",
+        "found_inf=stats.nonfinite.to(torch.float32) if group_fused else None",
         "found_inf=None",
         ADAMW_TESTS,
     ),
     Mutant(
         "GANAdamW's fallback transforms p.grad in place",
         "gan_kernels/optim.py",
-        "scratch = self._copies([g for g, slot in zip(grads, eligible) if slot >= 0])",
-        "scratch = [g for g, slot in zip(grads, eligible) if slot >= 0]",
+        "        scratch = self._copies(params, grads, eligible)\n        stats = gan_(scratch",
+        "        scratch = [g for g, slot in zip(grads, eligible) if slot >= 0]\n        stats = gan_(scratch",
         ADAMW_TESTS,
     ),
     Mutant(
