@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import doctest
 import importlib.util
+import os
 import random
 import re
 import textwrap
@@ -266,6 +267,23 @@ def chain_skip(page: Page, block: Block) -> str | None:
         if reason:
             return reason if each is block else f"continues {reason}"
     return None
+
+
+def run_as_test(page: Page, block: Block, directory: Path) -> dict:
+    """What a test does with a block: skips it, with the reason, where it does not run here; else
+    runs it (``run``) in ``directory``, isolated, and returns its namespace."""
+    import pytest
+
+    reason = chain_skip(page, block)
+    if reason:
+        pytest.skip(reason)
+    before = os.getcwd()
+    os.chdir(directory)
+    try:
+        with isolated():
+            return run(page, block)
+    finally:
+        os.chdir(before)
 
 
 def find(*needles: str) -> tuple[Page, Block]:

@@ -57,17 +57,12 @@ def needs_cuda(page, block) -> bool:
 @pytest.mark.parametrize(
     "where", [pytest.param(where, marks=pytest.mark.gpu) if needs_cuda(*BLOCKS[where]) else where for where in BLOCKS]
 )
-def test_the_block_runs(where, tmp_path, monkeypatch):
+def test_the_block_runs(where, tmp_path):
     page, block = BLOCKS[where]
     for each in md.chain(page, block):
         if each.problems:
             pytest.fail(f"{each.where}: " + "; ".join(each.problems), pytrace=False)
-    reason = md.chain_skip(page, block)
-    if reason:
-        pytest.skip(reason)
-    monkeypatch.chdir(tmp_path)
-    with md.isolated():
-        md.run(page, block)
+    md.run_as_test(page, block, tmp_path)
 
 
 # -- the runner itself, on pages written here -----------------------------------------------------

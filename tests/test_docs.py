@@ -32,15 +32,9 @@ def test_no_reference_to_a_contract_outside_the_repository():
         assert not pattern.search(path.read_text()), f"{path.relative_to(ROOT)} refers to a document outside the repository"
 
 
-def test_the_rule_example_runs_and_says_what_it_says(tmp_path, monkeypatch):
+def test_the_rule_example_runs_and_says_what_it_says(tmp_path):
     # The example's rule makes alpha min(1, sigma) ** 0.5.
-    page, block = md.find("def sqrt_rule")
-    reason = md.chain_skip(page, block)
-    if reason:
-        pytest.skip(reason)
-    monkeypatch.chdir(tmp_path)
-    with md.isolated():
-        stats = md.run(page, block)["opt"].last_stats
+    stats = md.run_as_test(*md.find("def sqrt_rule"), tmp_path)["opt"].last_stats
     assert stats.alpha.item() == pytest.approx(stats.global_std.clamp(max=1).sqrt().item(), rel=1e-6)
 
 

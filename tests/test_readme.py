@@ -4,21 +4,14 @@ in README.md or a docs/ page, exactly once; tests/test_doc_blocks.py runs every 
 import csv
 import math
 
-import pytest
-
 from tests import markdown_blocks as md
 
 NEEDLES = ("GradientRecorder.for_optimizer", "# columns:")
 
 
-def test_the_telemetry_snippet_runs_as_written(tmp_path, monkeypatch):
+def test_the_telemetry_snippet_runs_as_written(tmp_path):
     page, block = md.find(*NEEDLES)
-    reason = md.chain_skip(page, block)
-    if reason:
-        pytest.skip(reason)
-    monkeypatch.chdir(tmp_path)
-    with md.isolated():
-        md.run(page, block)
+    md.run_as_test(page, block, tmp_path)
     written = sorted(tmp_path.glob("*.csv"))
     assert written, f"{block.where} should write a CSV"
     with open(written[0], newline="") as f:
