@@ -250,8 +250,10 @@ class GradientRecorder:
         slots = self.lags[-1] + 1
         if self._ring_layout != layout:
             if self._ring is None or self._ring.shape[1] != size or self._ring.device != device:
-                self._ring = torch.empty(slots, size, device=device)
-                self._ring_norms = torch.empty(slots, device=device)
+                # Zeros, not empty: the slots not yet written are saved by state_dict() too, and a
+                # checkpoint's contents must not depend on what the allocator left there.
+                self._ring = torch.zeros(slots, size, device=device)
+                self._ring_norms = torch.zeros(slots, device=device)
             self._ring_head = self._ring_filled = 0
             self._ring_layout = layout
         current = self._ring[self._ring_head]
