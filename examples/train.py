@@ -2,7 +2,10 @@
 gradient dynamics behind them.
 
     python examples/train.py                       # ResNet-20 on the embedded digits: about a minute on a 2-core CPU
-    python examples/train.py --dataset cifar100 --data-dir DIR --model resnet56 --epochs 200 --device cuda
+    python examples/train.py --dataset cifar100 --data-dir DIR --model resnet56 --epochs 200 --device cuda --amp bf16
+    torchrun --nproc-per-node 8 examples/train.py --dataset cifar100 --data-dir DIR --batch-size 512
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 --rdzv-id RUN \\
+        examples/train.py --dataset cifar100 --data-dir DIR --out /shared/run     # on every node
 
 Every method trains the same model from the same seed on the same batches: ``adamw`` is plain
 AdamW; ``gc`` (Gradient Centralization as its authors define it: one mean per output channel),
@@ -22,23 +25,57 @@ gradients, every eligible layer's gradient std, the global std and alpha.
 included) with a fixed Gaussian blur of std side/8 pixels (2 on the 16x16 digits, 4 on CIFAR),
 the deficit of the critical-period protocol; the test images are never blurred.
 
-``--out`` receives ``metrics.json`` (final accuracies, per-epoch curves and the per-step coherence
-and function-space step size), one ``gradients_<method>.csv`` per recorded run, and
-``dynamics.png``. Bad input (an unknown model, method, dataset or device, a device this machine
-lacks, ``--data-dir`` without ``--dataset cifar100``, a ``--data-dir`` without the archive, a
-deficit outside the epochs) ends with a one-line error, and nothing is written.
+Checkpoints: at the end of every epoch, and every ``--checkpoint-every`` steps, each method's
+whole state (model, optimizer with GAN's state, LR schedule, loss scaler, every random state,
+the data order and the position in it, the curves and the recorder) is written atomically to
+``OUT/checkpoints/<method>.pt``, the one before kept as ``<method>.prev.pt``; each holds the
+SHA-256 of its payload. ``--resume`` continues every method from its last checkpoint (the
+previous one, with a warning, if the last is torn or corrupt) and loads the finished ones, so a
+run killed at any moment and resumed ends bit for bit where it would have ended on the CPU
+(the seconds aside). A checkpoint from a run with other options (model, method, dataset, data
+size, epochs, batch size, lr, weight decay, seed, telemetry, deficit, ``--amp``, number of
+processes) is refused; ``--device``, ``--compile``, ``--channels-last`` and
+``--checkpoint-every`` may change between a run and its resumption. docs/training.md has more.
+
+Timing: before the first method, every method takes two steps on a throwaway model, so the
+process's one-time costs (CUDA's start, cuDNN's and cuBLAS's first calls, Triton's kernel
+compilation, ``torch.compile``'s first compilation, the thread pools) are paid and reported
+apart as the warm-up; a method's seconds are its training and evaluation only, checkpoint
+writes excluded.
+
+Under ``torchrun`` (DistributedDataParallel, NCCL on CUDA with synchronised BatchNorm, Gloo on
+the CPU with BatchNorm statistics per process) every process takes its share of each batch of
+``--batch-size`` images, drawn in the same order on every process from the seed, so GAN and
+the telemetry see the same all-reduced gradients everywhere; process 0 alone prints and writes.
+``--amp bf16|fp16`` trains under autocast (fp16 with a gradient scaler, which unscales before
+GAN), ``--compile`` compiles the model and ``--channels-last`` keeps images and weights in
+channels-last order. The data sets are held on the training device for the whole run.
+
+``--out`` receives ``metrics.json`` (final accuracies, per-epoch curves, the per-step coherence
+and function-space step size, the warm-up's seconds and the number of processes), one
+``gradients_<method>.csv`` per recorded run, ``dynamics.png`` and ``checkpoints/``. Bad input
+(an unknown model, method, dataset or device, a device this machine lacks, a repeated method, an
+option out of its range, an ``--out`` that cannot be created or written, ``--data-dir`` without
+``--dataset cifar100``, a ``--data-dir`` without the archive, a deficit outside the epochs, a
+checkpoint of another run) ends with a one-line error, and nothing is written.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
+import math
+import os
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
@@ -56,13 +93,19 @@ def _load_sibling(name):
 
 models = _load_sibling("models")
 data = _load_sibling("data")
+checkpoints = _load_sibling("checkpoints")
 
 METHODS = ("adamw", "gc", "center", "znorm", "gan", "gan-fused", "adafom", "gan-adafom")
 # The paper's comparison.
 DEFAULT_METHODS = ("adamw", "gc", "znorm", "gan")
 DATASETS = ("digits", "cifar100")
+AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 DIGITS_SIZE = 16  # the 8x8 digits upsampled, so that ResNet's three stages keep a 4x4 map
 PROBE_SIZE = 256  # test images whose outputs measure the function-space step size
+# The options that change what a run computes: a checkpoint of a run that differs in one of them
+# is refused. --device, --compile, --channels-last and --checkpoint-every only change how.
+RUN_OPTIONS = ("model", "dataset", "epochs", "batch_size", "lr", "weight_decay", "seed", "no_coherence",
+               "probe_every", "deficit_epochs", "amp")
 
 
 class UsageError(Exception):
@@ -77,18 +120,26 @@ def parse_args(argv=None):
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                         help=f"comma-separated, from {', '.join(METHODS)} (default: {','.join(DEFAULT_METHODS)})")
     parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64, help="the global batch, shared by all processes under torchrun")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cpu, cuda, cuda:N, mps, ... (default: cuda when available, else cpu)")
+                        help="cpu, cuda, cuda:N, mps, ... (default: cuda when available, else cpu; "
+                             "under torchrun cpu or cuda, each process taking cuda:LOCAL_RANK)")
     parser.add_argument("--no-coherence", action="store_true",
                         help="skip the coherence cos(g_t, g_t-m), m = 1 and 5, which keeps 6 copies of the gradients")
     parser.add_argument("--probe-every", type=int, default=10, metavar="N",
                         help="measure the function-space step size every N steps (0: never; default 10)")
     parser.add_argument("--deficit-epochs", metavar="A:B",
                         help="blur the training inputs during epochs A to B, counted from 1 (the critical-period deficit)")
+    parser.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+                        help="also checkpoint every N steps (0: at the end of every epoch only; default 0)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue every method from its checkpoint in OUT/checkpoints; finished ones are loaded")
+    parser.add_argument("--amp", default="none", help="autocast: none, bf16 or fp16 (fp16 with a gradient scaler)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--channels-last", action="store_true", help="images and convolution weights in channels-last order")
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
     args = parser.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -111,8 +162,10 @@ def deficit_epochs(text, epochs):
     return range(first, last + 1)
 
 
-def check_args(args):
-    """Raise UsageError, naming what is accepted, for anything the run cannot use."""
+def check_args(args, world=None):
+    """Raise UsageError, naming what is accepted, for anything the run cannot use; writes nothing.
+    ``world`` (None: a single process) is checked against the batch size and the device."""
+    world = world or SINGLE
     if args.model not in models.MODELS:
         raise UsageError(f"unknown model {args.model!r}; accepted: {', '.join(models.MODELS)}")
     if args.dataset not in DATASETS:
@@ -120,16 +173,52 @@ def check_args(args):
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown or not args.methods:
         raise UsageError(f"unknown method {', '.join(map(repr, unknown)) or '(none given)'}; accepted: {', '.join(METHODS)}")
+    repeated = sorted({m for m in args.methods if args.methods.count(m) > 1})
+    if repeated:
+        raise UsageError(f"--methods names {', '.join(map(repr, repeated))} more than once; each method runs once")
     if args.dataset == "cifar100" and args.data_dir is None:
         raise UsageError("--dataset cifar100 needs --data-dir DIR holding cifar-100-python.tar.gz or cifar-100-python/")
     if args.dataset != "cifar100" and args.data_dir is not None:
         raise UsageError(f"--data-dir is only read with --dataset cifar100 (the {args.dataset} data are embedded)")
-    if args.epochs < 1 or args.batch_size < 1:
-        raise UsageError("--epochs and --batch-size must be at least 1")
+    if args.epochs < 1:
+        raise UsageError(f"--epochs must be at least 1, got {args.epochs}")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.batch_size < world.size:
+        raise UsageError(f"--batch-size {args.batch_size} is smaller than the {world.size} processes sharing each batch")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise UsageError(f"--lr must be a finite number above 0, got {args.lr}")
+    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+        raise UsageError(f"--weight-decay must be a finite number of at least 0, got {args.weight_decay}")
     if args.probe_every < 0:
         raise UsageError("--probe-every must be 0 (never) or a number of steps")
+    if args.checkpoint_every < 0:
+        raise UsageError("--checkpoint-every must be 0 (epoch ends only) or a number of steps")
+    if args.amp not in AMP:
+        raise UsageError(f"unknown --amp {args.amp!r}; accepted: {', '.join(AMP)}")
     deficit_epochs(args.deficit_epochs, args.epochs)
     check_device(args.device)
+    if world.size > 1:
+        device = torch.device(args.device)
+        if device.type not in ("cpu", "cuda") or device.index is not None:
+            raise UsageError(f"under torchrun --device is cpu or cuda (each process takes cuda:LOCAL_RANK), got {args.device!r}")
+        if device.type == "cuda" and world.local_rank >= torch.cuda.device_count():
+            raise UsageError(f"local rank {world.local_rank} has no GPU: this node has {torch.cuda.device_count()}")
+    check_out(args.out)
+
+
+def check_out(out):
+    """Raise UsageError unless ``out`` is a writable folder or can be created as one, looking
+    only: the folder is made when the first file is written."""
+    path = Path(out).absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"cannot be created: {existing} is a file"
+        raise UsageError(f"--out {out} {where}, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out} is not writable: no permission to write in {existing}")
 
 
 def available_devices():
@@ -141,8 +230,6 @@ def available_devices():
     if mps is not None and mps.is_available():
         devices.append("mps")
     return devices
-
-
 def check_device(name):
     """Raise UsageError unless ``name`` is a device this machine has."""
     available = f"available here: {', '.join(available_devices())}"
@@ -171,12 +258,67 @@ def check_device(name):
 
 
 def load(args):
+    """The data of ``args.dataset`` and whether its training batches are augmented."""
     if args.dataset == "digits":
         return data.load_digits_images(DIGITS_SIZE, args.seed), False
     try:
         return data.load_cifar100(args.data_dir), True
     except FileNotFoundError as error:
         raise UsageError(str(error)) from None
+
+
+class World(NamedTuple):
+    """This process's place among the processes ``torchrun`` started (one process without it)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls):
+        """The world torchrun describes in RANK, WORLD_SIZE and LOCAL_RANK."""
+        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
+
+    @property
+    def writer(self):
+        """Whether this process prints and writes the outputs (process 0)."""
+        return self.rank == 0
+
+    def shard(self, batch):
+        """This process's contiguous share of a global batch (the first ``len % size`` shares are one longer)."""
+        return batch if self.size == 1 else batch.tensor_split(self.size)[self.rank]
+
+    def all_sum(self, tensor):
+        """The sum of ``tensor`` over the processes (``tensor`` itself in one process)."""
+        if self.size == 1:
+            return tensor
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total
+
+
+SINGLE = World()
+
+
+def check_shards(train_size, batch_size, world):
+    """Raise UsageError if some batch, the last one included, would leave a process no image."""
+    last = train_size % batch_size or batch_size
+    if min(batch_size, last) < world.size:
+        raise UsageError(f"the last batch of {last} images (of {train_size}, in batches of {batch_size}) "
+                         f"cannot be shared by {world.size} processes")
+
+
+def training_device(args, world):
+    """``--device``, where each process under torchrun takes the GPU of its local rank."""
+    device = torch.device(args.device)
+    return torch.device("cuda", world.local_rank) if world.size > 1 and device.type == "cuda" else device
+
+
+def elapsed_since(start, device):
+    """Seconds since ``start`` (a ``time.perf_counter()``), once ``device`` has finished its queued work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 @torch.no_grad()
@@ -203,56 +345,256 @@ def runs_gan(method):
     return method not in ("adamw", "adafom")
 
 
-def train_method(method, args, images, augmented, device):
-    """Train one method from the seed; return its per-epoch curves and its recorder (or None)."""
-    torch.manual_seed(args.seed)
-    model = models.MODELS[args.model](in_channels=images.in_channels, num_classes=images.num_classes).to(device)
-    opt = make_optimizer(method, model, args)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs)
-    x_train, y_train = images.train_x.to(device), images.train_y.to(device)
-    x_test, y_test = images.test_x.to(device), images.test_y.to(device)
-    lags = () if args.no_coherence else DEFAULT_LAGS
-    probe = {"probe": x_test[:PROBE_SIZE], "probe_every": args.probe_every} if args.probe_every else {}
-    with_stats = runs_gan(method)  # the steps produce GAN's statistics
-    recorder = None
-    if with_stats or lags or probe:
-        recorder = GradientRecorder.for_optimizer(opt, model, coherence=lags, **probe)
-    deficit = deficit_epochs(args.deficit_epochs, args.epochs)
-    sigma = data.deficit_sigma(x_train.shape[-1])
-    shuffle = torch.Generator().manual_seed(args.seed)
-    steps = -(-len(y_train) // args.batch_size)
-    curves = {"loss": [], "test_accuracy": []}
+def run_identity(args, method, images, world):
+    """What a checkpoint of this method's run must match to be resumed (see RUN_OPTIONS)."""
+    return {"method": method, **{key: getattr(args, key) for key in RUN_OPTIONS},
+            "train_size": len(images.train_y), "test_size": len(images.test_y), "world_size": world.size}
+
+
+class MethodRun:
+    """One method's training from the seed: the model, its optimizer, LR schedule, loss scaler and
+    gradient recorder, the data order and the position in it. :meth:`state_dict` is what a
+    checkpoint holds and :meth:`load_state_dict` continues from it exactly.
+
+    The model, the optimizer and the data live on ``device``; under torchrun the model is
+    wrapped in DistributedDataParallel (with synchronised BatchNorm on CUDA), and every process
+    runs this same object on its share of each batch.
+    """
+
+    def __init__(self, method, args, images, augmented, device, world=SINGLE):
+        self.method, self.args, self.images, self.augmented, self.device, self.world = method, args, images, augmented, device, world
+        torch.manual_seed(args.seed)
+        module = models.MODELS[args.model](in_channels=images.in_channels, num_classes=images.num_classes)
+        if world.size > 1 and device.type == "cuda":
+            module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        self.module = module.to(device)
+        if args.channels_last:
+            self.module.to(memory_format=torch.channels_last)
+        self.opt = make_optimizer(method, self.module, args)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=args.epochs)
+        self.scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
+        self.steps_taken = 0  # optimizer steps run: a step the loss scaler skips does not count
+        self.opt.register_step_post_hook(self._count_step)
+        model = self.module
+        if world.size > 1:
+            model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        self.model = torch.compile(model) if args.compile else model
+        # Held on the device for the whole run: a batch is a gather there, with no copy per step.
+        self.x_train, self.y_train = images.train_x.to(device), images.train_y.to(device)
+        self.x_test, self.y_test = images.test_x.to(device), images.test_y.to(device)
+        lags = () if args.no_coherence else DEFAULT_LAGS
+        probe = {"probe": self.x_test[:PROBE_SIZE], "probe_every": args.probe_every} if args.probe_every else {}
+        self.with_stats = runs_gan(method)  # the steps produce GAN's statistics
+        self.recorder = None
+        if self.with_stats or lags or probe:
+            self.recorder = GradientRecorder.for_optimizer(self.opt, self.module, coherence=lags, **probe)
+        self.deficit = deficit_epochs(args.deficit_epochs, args.epochs)
+        self.sigma = data.deficit_sigma(self.x_train.shape[-1])
+        self.shuffle = torch.Generator().manual_seed(args.seed)  # the data order and the augmentation
+        self.steps_per_epoch = -(-len(self.y_train) // args.batch_size)
+        self.epoch = 0  # epochs completed
+        self.step = 0  # steps completed in the current epoch
+        self.order = None  # the current epoch's order of the training images, on the device
+        self.loss_sum = torch.zeros((), device=device)  # this process's summed loss in the current epoch
+        self.curves = {"loss": [], "test_accuracy": []}
+        self.seconds = 0.0
+
+    def _count_step(self, optimizer, args, kwargs):
+        self.steps_taken += 1
+
+    def autocast(self):
+        """The autocast context of ``--amp`` (none: a no-op)."""
+        dtype = AMP[self.args.amp]
+        return nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
+
+    def begin_epoch(self):
+        self.order = torch.randperm(len(self.y_train), generator=self.shuffle).to(self.device)
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.step = 0
+
+    def train_step(self, index):
+        """Step ``index`` of the current epoch: forward, backward, optimizer step, telemetry."""
+        batch = self.order[index * self.args.batch_size:(index + 1) * self.args.batch_size]
+        x, y = self.x_train[batch], self.y_train[batch]
+        if self.augmented:
+            x = data.augment(x, self.shuffle)  # the whole batch: the same random draws on every process
+        x, y = self.world.shard(x), self.world.shard(y)
+        if self.epoch + 1 in self.deficit:
+            x = data.gaussian_blur(x, self.sigma)
+        if self.args.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self.autocast():
+            shard_loss = F.cross_entropy(self.model(x), y, reduction="sum")
+        # DDP averages the processes' gradients: each share's sum times processes / batch makes
+        # that average the gradient of the batch's mean loss, whatever the shares' sizes.
+        loss = shard_loss * self.world.size / len(batch)
+        self.opt.zero_grad()
+        taken = self.steps_taken
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)  # unscales the gradients before GAN sees them
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.opt.step()
+        if self.recorder is not None and self.steps_taken > taken:  # a step the scaler skipped records no row
+            self.recorder.record(self.opt.last_stats if self.with_stats else None)
+        self.loss_sum += shard_loss.detach().float()
+        self.step = index + 1
+
+    def evaluate(self):
+        """The test accuracy of the current weights."""
+        with self.autocast():
+            return accuracy(self.model, self.x_test, self.y_test)
+
+    def end_epoch(self):
+        """Advance the LR schedule, extend the curves and print the epoch's line (process 0)."""
+        self.scheduler.step()
+        self.curves["loss"].append(self.world.all_sum(self.loss_sum).item() / len(self.y_train))
+        self.curves["test_accuracy"].append(self.evaluate())
+        self.epoch += 1
+        self.step = 0
+        self.order = None
+        if not self.world.writer:
+            return
+        line = (f"{self.method:>10}  epoch {self.epoch:3d}  loss {self.curves['loss'][-1]:.4f}  "
+                f"test acc {self.curves['test_accuracy'][-1]:.4f}")
+        if self.recorder is not None and self.with_stats:
+            row = self.recorder.flush()[-1]
+            line += f"  alpha {row['alpha']:.3g}  global grad std {row['global_std']:.3g}"
+        if self.epoch in self.deficit:
+            line += "  (blurred inputs)"
+        tqdm.write(line, file=sys.stdout)
+
+    def run(self, checkpoint=None):
+        """Train from the current position to the last epoch; return (curves with the seconds spent
+        training and evaluating, the recorder or None). With ``checkpoint`` (a path), process 0
+        saves there at every epoch end and every ``--checkpoint-every`` steps, untimed."""
+        every, steps = self.args.checkpoint_every, self.steps_per_epoch
+        with tqdm(total=self.args.epochs * steps, initial=self.epoch * steps + self.step, desc=f"{self.method:>10}",
+                  unit="step", leave=False, file=sys.stderr, disable=not self.world.writer) as bar:
+            while self.epoch < self.args.epochs:
+                start = time.perf_counter()
+                if self.step == 0:
+                    self.begin_epoch()
+                self.model.train()
+                for index in range(self.step, steps):
+                    self.train_step(index)
+                    bar.update()
+                    if every and (self.epoch * steps + self.step) % every == 0 and self.step < steps:
+                        self.seconds += elapsed_since(start, self.device)
+                        self.save(checkpoint)
+                        start = time.perf_counter()
+                self.end_epoch()
+                self.seconds += elapsed_since(start, self.device)
+                self.save(checkpoint)
+        return {**self.curves, "seconds": self.seconds}, self.recorder
+
+    def save(self, checkpoint):
+        if checkpoint is not None and self.world.writer:
+            checkpoints.save(checkpoint, self.state_dict())
+
+    def state_dict(self):
+        """Everything the run needs to continue exactly: tensors (on the CPU where small), dicts,
+        lists, numbers and strings only, so a checkpoint loads with ``weights_only=True``."""
+        return {
+            "identity": run_identity(self.args, self.method, self.images, self.world),
+            "position": {"epoch": self.epoch, "step": self.step},
+            "model": self.module.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
+            "rng": checkpoints.rng_state({"data": self.shuffle}, cuda=self.device.type == "cuda"),
+            "order": None if self.order is None else self.order.cpu(),
+            "loss_sum": self.loss_sum.cpu(),
+            "curves": {key: list(values) for key, values in self.curves.items()},
+            "seconds": self.seconds,
+            "recorder": None if self.recorder is None else self.recorder.state_dict(),
+        }
+
+    def load_state_dict(self, state):
+        """Continue from :meth:`state_dict` (whose identity the caller has checked)."""
+        self.module.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        checkpoints.set_rng_state(state["rng"], {"data": self.shuffle})
+        self.epoch, self.step = state["position"]["epoch"], state["position"]["step"]
+        self.order = None if state["order"] is None else state["order"].to(self.device)
+        self.loss_sum = state["loss_sum"].to(self.device)
+        self.curves = {key: list(values) for key, values in state["curves"].items()}
+        self.seconds = state["seconds"]
+        if self.recorder is not None:
+            self.recorder.load_state_dict(state["recorder"], device=self.device)
+
+
+def train_method(method, args, images, augmented, device, world=SINGLE, checkpoint=None, resume=None):
+    """Train one method from the seed, or from the checkpoint payload ``resume``; return its
+    per-epoch curves (with ``seconds``) and its recorder (or None). ``checkpoint``: the path
+    that process 0 saves to (None: no checkpoints)."""
+    run = MethodRun(method, args, images, augmented, device, world)
+    if resume is not None:
+        run.load_state_dict(resume)
+    return run.run(checkpoint)
+
+
+def warm_up(args, images, augmented, device, world=SINGLE):
+    """Pay the process's one-time costs before any method is timed: every method builds its model
+    and takes two steps on the first batches, and evaluates once, on a throwaway model. The torch
+    random states are restored afterwards; return the seconds it took."""
     start = time.perf_counter()
-    with tqdm(total=args.epochs * steps, desc=f"{method:>10}", unit="step", leave=False, file=sys.stderr) as bar:
-        for epoch in range(1, args.epochs + 1):
-            model.train()
-            order = torch.randperm(len(y_train), generator=shuffle).to(device)
-            total = torch.zeros((), device=device)
-            for i in range(0, len(y_train), args.batch_size):
-                batch = order[i:i + args.batch_size]
-                x = data.augment(x_train[batch], shuffle) if augmented else x_train[batch]
-                if epoch in deficit:
-                    x = data.gaussian_blur(x, sigma)
-                loss = F.cross_entropy(model(x), y_train[batch])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                if recorder is not None:
-                    recorder.record(opt.last_stats if with_stats else None)
-                total += loss.detach() * len(batch)
-                bar.update()
-            scheduler.step()
-            curves["loss"].append(total.item() / len(y_train))
-            curves["test_accuracy"].append(accuracy(model, x_test, y_test))
-            line = f"{method:>10}  epoch {epoch:3d}  loss {curves['loss'][-1]:.4f}  test acc {curves['test_accuracy'][-1]:.4f}"
-            if recorder is not None and with_stats:
-                row = recorder.flush()[-1]
-                line += f"  alpha {row['alpha']:.3g}  global grad std {row['global_std']:.3g}"
-            if epoch in deficit:
-                line += "  (blurred inputs)"
-            tqdm.write(line, file=sys.stdout)
-    curves["seconds"] = time.perf_counter() - start
-    return curves, recorder
+    first = slice(0, 2 * args.batch_size)
+    small = dataclasses.replace(images, train_x=images.train_x[first], train_y=images.train_y[first],
+                                test_x=images.test_x[:512], test_y=images.test_y[:512])
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for method in args.methods:
+            run = MethodRun(method, args, small, augmented, device, world)
+            run.begin_epoch()
+            run.model.train()
+            for index in range(run.steps_per_epoch):
+                run.train_step(index)
+            run.evaluate()
+    return elapsed_since(start, device)
+
+
+def checkpoint_path(args, method):
+    return args.out / "checkpoints" / f"{method}.pt"
+
+
+def resume_points(args, images, world, device):
+    """With ``--resume``: {method: the payload of its newest usable checkpoint}, for the methods
+    that have one; all read and checked by process 0 and shared with the others.
+
+    Raises:
+        UsageError: if a method's checkpoints are all unusable, or one is from another run.
+    """
+    if not args.resume:
+        return {}
+    found, problem = {}, None
+    if world.writer:
+        try:
+            for method in args.methods:
+                path = checkpoint_path(args, method)
+                payload = checkpoints.latest(path, lambda line: print(f"train.py: warning: {line}", file=sys.stderr))
+                if payload is None:
+                    continue
+                expected = run_identity(args, method, images, world)
+                differ = [key for key in expected if payload["identity"].get(key) != expected[key]]
+                if differ:
+                    key = differ[0]
+                    raise UsageError(f"checkpoint {path} is from another run: {key} {payload['identity'].get(key)!r} "
+                                     f"there, {expected[key]!r} here; resume with its options or choose another --out")
+                found[method] = payload
+        except (checkpoints.CheckpointError, UsageError) as error:
+            problem = str(error)
+    if world.size > 1:
+        shared = [(found, problem)]
+        dist.broadcast_object_list(shared, src=0, device=device if device.type == "cuda" else None)
+        found, problem = shared[0]
+    if problem is not None:
+        raise UsageError(problem)
+    return found
 
 
 DYNAMICS = tuple(f"coherence/{m}" for m in DEFAULT_LAGS) + ("function_step",)
@@ -389,25 +731,61 @@ def comparison_table(results):
 def main(argv=None):
     """Run the comparison; return {method: final test accuracy}."""
     args = parse_args(argv)
+    world = World.from_env()
     try:
-        check_args(args)
+        check_args(args, world)
         images, augmented = load(args)
+        check_shards(len(images.train_y), args.batch_size, world)
     except UsageError as error:
         sys.exit(f"train.py: error: {error}")
-    device = torch.device(args.device)
-    print(f"{args.model} on {args.dataset} ({len(images.train_y)} train, {len(images.test_y)} test), "
-          f"{args.epochs} epochs, methods {', '.join(args.methods)}, device {device}"
-          + (f", inputs blurred in epochs {args.deficit_epochs}" if args.deficit_epochs else ""))
+    device = training_device(args, world)
+    if world.size > 1:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        return compare(args, world, images, augmented, device)
+    finally:
+        if world.size > 1:
+            dist.destroy_process_group()
+
+
+def compare(args, world, images, augmented, device):
+    """Train every method (resuming where asked), then process 0 writes the outputs."""
+    try:
+        resumed = resume_points(args, images, world, device)
+    except UsageError as error:
+        sys.exit(f"train.py: error: {error}")
+    say = print if world.writer else (lambda *_, **__: None)
+    say(f"{args.model} on {args.dataset} ({len(images.train_y)} train, {len(images.test_y)} test), "
+        f"{args.epochs} epochs, methods {', '.join(args.methods)}, device {device}"
+        + (f", {world.size} processes" if world.size > 1 else "")
+        + (f", inputs blurred in epochs {args.deficit_epochs}" if args.deficit_epochs else ""))
+    images = dataclasses.replace(images, train_x=images.train_x.to(device), train_y=images.train_y.to(device),
+                                 test_x=images.test_x.to(device), test_y=images.test_y.to(device))
+    unfinished = [m for m in args.methods if resumed.get(m, {}).get("position", {}).get("epoch") != args.epochs]
+    pending = argparse.Namespace(**{**vars(args), "methods": unfinished})
+    warm_up_seconds = warm_up(pending, images, augmented, device, world) if unfinished else 0.0
+    say(f"warm-up (the process's one-time costs, in no method's seconds): {warm_up_seconds:.1f} s")
     results, recorders = {}, {}
     for method in args.methods:
-        results[method], recorder = train_method(method, args, images, augmented, device)
+        if method in resumed:
+            position = resumed[method]["position"]
+            say(f"{method}: resuming from epoch {position['epoch']}, step {position['step']}"
+                if method in unfinished else f"{method}: finished, results loaded from its checkpoint")
+        results[method], recorder = train_method(method, args, images, augmented, device, world,
+                                                 checkpoint=checkpoint_path(args, method), resume=resumed.get(method))
         if recorder is not None:
             recorders[method] = recorder
+    if not world.writer:
+        return {m: c["test_accuracy"][-1] for m, c in results.items()}
     print(comparison_table(results))
 
     args.out.mkdir(parents=True, exist_ok=True)
     metrics = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "world_size": world.size,
+        "warm_up_seconds": warm_up_seconds,
         "final_accuracy": {m: c["test_accuracy"][-1] for m, c in results.items()},
         "best_accuracy": {m: max(c["test_accuracy"]) for m, c in results.items()},
         "curves": results,
@@ -420,6 +798,7 @@ def main(argv=None):
         recorder.write_csv(written[-1])
     written.append(args.out / "dynamics.png")
     plot(written[-1], results, recorders, args.model)
+    written.append(args.out / "checkpoints")
     print(f"wrote {listing(written)}")
     return metrics["final_accuracy"]
 

@@ -251,8 +251,10 @@ class GradientRecorder:
         slots = self.lags[-1] + 1
         if self._ring_layout != layout:
             if self._ring is None or self._ring.shape[1] != size or self._ring.device != device:
-                self._ring = torch.empty(slots, size, device=device)
-                self._ring_norms = torch.empty(slots, device=device)
+                # Zeros, not empty: the slots not yet written are saved by state_dict() too, and a
+                # checkpoint's contents must not depend on what the allocator left there.
+                self._ring = torch.zeros(slots, size, device=device)
+                self._ring_norms = torch.zeros(slots, device=device)
             self._ring_head = self._ring_filled = 0
             self._ring_layout = layout
         current = self._ring[self._ring_head]
@@ -325,6 +327,59 @@ class GradientRecorder:
                 self.rows.append(row)
             self._pending.clear()
         return self.rows
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the recorder needs to continue exactly where it is, pending steps flushed first:
+        the rows, the layer names, the count of recorded steps, the coherence ring (the last
+        ``max(lags) + 1`` gradient copies, their norms and position) and the probe's last outputs.
+        Only tensors, dicts, lists, numbers and strings, so it loads with
+        ``torch.load(..., weights_only=True)``. The model, the optimizer and the probe batch are
+        not in it: give it to a recorder built the same way, with :meth:`load_state_dict`."""
+        self.flush()
+        layout = self._ring_layout
+        return {
+            "lags": list(self.lags),
+            "probe_every": self.probe_every if self._probe_model is not None else None,
+            "rows": [dict(row) for row in self.rows],
+            "names": None if self.names is None else list(self.names),
+            "seen": sorted(self._seen),
+            "recorded": self._recorded,
+            "ring": self._ring,
+            "ring_norms": self._ring_norms,
+            "ring_head": self._ring_head,
+            "ring_filled": self._ring_filled,
+            "ring_layout": None if layout is None else {"names": list(layout[0]), "shapes": [list(s) for s in layout[1]]},
+            "probe_outputs": self._probe_outputs,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | str | None = None) -> None:
+        """Continue from :meth:`state_dict`: the next :meth:`record` gives the row the recorder
+        that saved ``state`` would have given. Tensors are moved to ``device`` (None: left where
+        they are), which must be the device of the gradients and of the probe's outputs.
+
+        Raises:
+            ValueError: if ``state`` comes from a recorder with other lags or another probe period.
+        """
+        probe_every = self.probe_every if self._probe_model is not None else None
+        if list(state["lags"]) != list(self.lags) or state["probe_every"] != probe_every:
+            raise ValueError(f"the state is from a recorder with lags {tuple(state['lags'])} and probe_every "
+                             f"{state['probe_every']}, this one has lags {self.lags} and probe_every {probe_every}")
+
+        def moved(tensor: Tensor | None) -> Tensor | None:
+            return tensor if tensor is None or device is None else tensor.to(device)
+
+        self.rows = [dict(row) for row in state["rows"]]
+        self._pending.clear()
+        self.names = None if state["names"] is None else list(state["names"])
+        self._seen = set(state["seen"])
+        self._recorded = state["recorded"]
+        self._ring, self._ring_norms = moved(state["ring"]), moved(state["ring_norms"])
+        self._ring_head, self._ring_filled = state["ring_head"], state["ring_filled"]
+        layout = state["ring_layout"]
+        self._ring_layout = None if layout is None else (
+            tuple(layout["names"]), tuple(torch.Size(s) for s in layout["shapes"]))
+        if self._probe_model is not None:
+            self._probe_outputs = moved(state["probe_outputs"])
 
     def column(self, name: str) -> list[float]:
         """One recorded quantity over the steps, e.g. ``"alpha"`` or ``"std/conv1.weight"``; NaN at

@@ -42,7 +42,8 @@ def test_one_epoch_writes_metrics_figure_and_gradient_logs(tmp_path, capsys):
     # AdamW runs no GAN: its log holds the coherence and the function-space step size only.
     assert (out / "gradients_adamw.csv").read_text().splitlines()[0] == "step,coherence/1,coherence/5,function_step"
     assert (out / "dynamics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    written = [out / "metrics.json", out / "gradients_adamw.csv", out / "gradients_gan.csv", out / "dynamics.png"]
+    written = [out / "metrics.json", out / "gradients_adamw.csv", out / "gradients_gan.csv", out / "dynamics.png",
+               out / "checkpoints"]
     assert wrote(printed, written) and sorted(out.iterdir()) == sorted(written)
 
 
@@ -62,7 +63,7 @@ def test_the_final_line_lists_exactly_the_files_written_and_plotting_warns_nothi
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         demo.main(argv + ["--epochs", "1", "--batch-size", "48", "--device", "cpu", "--out", str(out)])
-    written = [out / "metrics.json", *(out / name for name in csvs), out / "dynamics.png"]
+    written = [out / "metrics.json", *(out / name for name in csvs), out / "dynamics.png", out / "checkpoints"]
     assert wrote(capsys.readouterr().out, written)
     assert sorted(out.iterdir()) == sorted(written)
 

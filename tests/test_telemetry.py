@@ -409,3 +409,39 @@ def test_a_refused_record_changes_nothing():
     expected = cosine(*(torch.cat([g.double().flatten() for g in step]) for step in grads))
     assert [row["step"] for row in rows] == [1, 2] and rows[1]["coherence/1"] == pytest.approx(expected, abs=2e-6)
     assert rows[1]["function_step"] == 0.0  # probed at both steps, the model unchanged
+
+
+def test_a_recorder_loaded_from_its_state_dict_continues_exactly():
+    import io
+
+    model = torch.nn.Linear(3, 2)
+    probe = torch.randn(5, 3, generator=torch.Generator().manual_seed(1))
+
+    def recorder():
+        return GradientRecorder(["w", "b"], coherence=(1, 2), model=model, probe=probe, probe_every=2)
+
+    def step(rec, s):
+        model.weight.data.add_(0.1)
+        generator = torch.Generator().manual_seed(s)
+        grads = [torch.randn(2, 3, generator=generator), torch.randn(2, generator=generator)]
+        rec.record(reference.gan_(grads, GANState()), grads)
+
+    initial = model.weight.detach().clone()
+    whole, first = recorder(), recorder()
+    for s in range(4):
+        step(whole, s)
+    model.weight.data.copy_(initial)
+    for s in range(2):
+        step(first, s)
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = recorder()
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    step(resumed, 2)
+    step(resumed, 3)
+    assert json.dumps(resumed.flush()) == json.dumps(whole.flush()) and resumed.names == whole.names
+    # The saved ring gave step 3's coherence, the saved probe outputs step 4's function step.
+    assert not math.isnan(whole.rows[2]["coherence/2"]) and not math.isnan(whole.rows[3]["function_step"])
+    with pytest.raises(ValueError, match="lags"):
+        GradientRecorder(["w", "b"], coherence=1).load_state_dict(first.state_dict())
