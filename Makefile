@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 # The CPU build of torch, pinned so that a fresh install is quick.
 TORCH_PIN ?= torch==2.13.0
-TEST_PINS ?= triton==3.8.0 transformers==5.17.0 accelerate==1.15.0 lightning==2.6.6
+TEST_PINS ?= triton==3.8.0 transformers==5.17.0 accelerate==1.15.0 lightning==2.6.6 mnist1d==0.0.2.post1
 # The oldest Triton the kernels must compile with (the GPU image's); installed beside the venv's.
 TRITON_COMPAT ?= triton==3.6.0
 GPU_CHECK_OUT ?= gpu-check

@@ -121,7 +121,14 @@ def test_the_help_and_the_docstring_give_one_duration(capsys):
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["--model", "resnet18"], "unknown model 'resnet18'; accepted: resnet20, resnet56, vgg16_bn"),
+        (["--model", "resnet18"], "unknown model 'resnet18'; accepted: resnet20, resnet56, vgg16_bn, resnet20_1d, cnn1d, mlp1d"),
+        (["--model", "cnn1d"], "model 'cnn1d' does not take the images of --dataset digits; accepted: resnet20, resnet56, vgg16_bn"),
+        (["--dataset", "mnist1d", "--model", "resnet20"],
+         "model 'resnet20' does not take the 1-D signals of --dataset mnist1d; accepted: resnet20_1d, cnn1d, mlp1d"),
+        (["--dataset", "mnist1d", "--deficit-epochs", "1:2"], "--deficit-epochs blurs images; --dataset mnist1d holds 1-D signals"),
+        (["--dataset", "mnist1d", "--samples", "25"], "--samples N takes a positive multiple of 10 and only with --dataset mnist1d, got 25"),
+        (["--samples", "100"], "--samples N takes a positive multiple of 10 and only with --dataset mnist1d"),
+        (["--dataset", "mnist1d", "--data-dir", "{tmp}"], "--data-dir is only read with --dataset cifar100"),
         (["--methods", "adamw,lion"],
          "unknown method 'lion'; accepted: adamw, gc, center, znorm, gan, gan-fused, adafom, gan-adafom"),
         (["--deficit-epochs", "3"], "--deficit-epochs takes A:B, two epoch numbers such as 1:5, got '3'"),
@@ -130,7 +137,7 @@ def test_the_help_and_the_docstring_give_one_duration(capsys):
         (["--deficit-epochs", "5:2"], "need 1 <= A <= B"),
         (["--deficit-epochs", "1:3", "--epochs", "2"], "need 1 <= A <= B <= --epochs (2)"),
         (["--probe-every", "-1"], "--probe-every must be 0 (never) or a number of steps"),
-        (["--dataset", "mnist"], "unknown dataset 'mnist'; accepted: digits, cifar100"),
+        (["--dataset", "mnist"], "unknown dataset 'mnist'; accepted: digits, cifar100, mnist1d"),
         (["--dataset", "cifar100"], "needs --data-dir"),
         (["--dataset", "cifar100", "--data-dir", "{tmp}"], "cifar-100-python"),
         (["--data-dir", "{tmp}"], "--data-dir is only read with --dataset cifar100"),
@@ -206,3 +213,20 @@ def test_metrics_carry_the_coherence_and_function_step_as_valid_json(tmp_path, m
         assert series["coherence/1"][0] is None and all(isinstance(v, float) for v in series["coherence/1"][1:])
         assert series["coherence/5"] == [None] * 4
         assert [v is not None for v in series["function_step"]] == [False, False, True, False]
+
+
+def test_mnist1d_trains_the_1d_models_with_its_own_defaults(tmp_path, capsys):
+    pytest.importorskip("mnist1d")
+    demo = load_demo()
+    args = demo.parse_args(["--dataset", "mnist1d"])
+    assert {k: getattr(args, k) for k in demo.MNIST1D_DEFAULTS} == demo.MNIST1D_DEFAULTS
+    assert demo.parse_args(["--dataset", "mnist1d", "--epochs", "3"]).epochs == 3  # an explicit option wins
+    assert demo.parse_args([]).model == "resnet20"
+    for model in ("cnn1d", "mlp1d", "resnet20_1d"):
+        out = tmp_path / model
+        accuracies = demo.main(["--dataset", "mnist1d", "--samples", "200", "--model", model, "--epochs", "1",
+                                "--methods", "adamw,gan", "--out", str(out)])
+        assert set(accuracies) == {"adamw", "gan"} and all(0.0 <= a <= 1.0 for a in accuracies.values())
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["config"]["dataset"] == "mnist1d" and metrics["config"]["samples"] == 200
+    assert "cnn1d on mnist1d (160 train, 40 test)" in capsys.readouterr().out

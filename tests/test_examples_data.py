@@ -1,4 +1,4 @@
-"""The example data helpers (examples/data.py): digits, a tiny on-disk CIFAR-100, augmentation."""
+"""The example data helpers (examples/data.py): digits, a tiny on-disk CIFAR-100, MNIST-1D, augmentation."""
 
 import io
 import pickle
@@ -55,6 +55,45 @@ def test_digits_split_is_deterministic():
 def test_digits_too_small_raises():
     with pytest.raises(ValueError, match="at least 8"):
         data.load_digits_images(4, seed=0)
+
+
+# --- MNIST-1D -----------------------------------------------------------------------------
+
+def test_mnist1d_is_the_standard_split_of_40_sample_signals():
+    pytest.importorskip("mnist1d")
+    d = data.load_mnist1d()
+    assert d.train_x.shape == (4000, 1, 40) and d.test_x.shape == (1000, 1, 40)
+    assert d.train_x.dtype == d.test_x.dtype == torch.float32
+    assert d.train_y.dtype == d.test_y.dtype == torch.int64
+    assert (d.num_classes, d.in_channels) == (10, 1)
+    # 500 signals of each class in all, standardised together by the generator.
+    assert torch.equal(torch.bincount(torch.cat([d.train_y, d.test_y])), torch.full((10,), 500))
+    everything = torch.cat([d.train_x, d.test_x])
+    assert abs(everything.mean().item()) < 1e-3 and abs(everything.std().item() - 1) < 1e-2
+
+
+def test_mnist1d_is_deterministic_grows_with_the_samples_and_leaves_global_randomness_alone():
+    pytest.importorskip("mnist1d")
+    import random
+
+    np.random.seed(7)
+    random.seed(7)
+    expected = np.random.rand(), random.random()
+    np.random.seed(7)
+    random.seed(7)
+    a = data.load_mnist1d(200)
+    assert (np.random.rand(), random.random()) == expected
+    a.train_x.zero_()  # a caller's change does not reach the cached arrays
+    data._mnist1d_arrays.cache_clear()
+    b, c = data.load_mnist1d(200), data.load_mnist1d(200)
+    assert b.train_x.shape == (160, 1, 40) and b.test_x.shape == (40, 1, 40)
+    assert torch.equal(b.train_x, c.train_x) and torch.equal(b.test_y, c.test_y) and b.train_x.abs().sum() > 0
+
+
+@pytest.mark.parametrize("samples", [0, 5, 25, 20.0])
+def test_mnist1d_bad_sample_count_raises(samples):
+    with pytest.raises(ValueError, match="positive multiple of 10"):
+        data.load_mnist1d(samples)
 
 
 # --- CIFAR-100 ----------------------------------------------------------------------------
