@@ -52,3 +52,11 @@ def test_the_committed_file_is_the_default_run():
     defaults.pop("out"), defaults.pop("device")
     assert config == defaults
     assert list(metrics["final_accuracy"]) == list(LABELS) == defaults["methods"]
+
+
+def test_the_readme_quotes_the_committed_mnist1d_study():
+    study = (ROOT / "docs" / "mnist1d" / "study.md").read_text()
+    table = "\n".join(line for line in study.splitlines() if line.startswith("| "))
+    readme = (ROOT / "README.md").read_text()
+    assert table and table in readme, "README.md's MNIST-1D table differs from docs/mnist1d/study.md"
+    assert "python examples/compare.py --out docs/mnist1d" in readme and "python examples/compare.py --out docs/mnist1d" in study
