@@ -229,3 +229,16 @@ def test_compile_trains_the_compiled_model(tmp_path, monkeypatch):
                             "--device", "cpu", "--probe-every", "0", "--no-coherence", "--compile", "--out", str(tmp_path)])
     assert 0.0 <= accuracies["gan"] <= 1.0
     assert list(final_state(tmp_path, "gan")["model"]) == list(tiny_cnn(1, 10).state_dict())  # saved unwrapped
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("options", [["--amp", "bf16", "--channels-last", "--compile"], ["--amp", "fp16"]])
+def test_gpu_options_train_on_cuda(options, tmp_path, monkeypatch):
+    # The GPU check runs this (tests marked gpu): GAN's kernels under autocast, the fp16 scaler,
+    # channels-last and the compiled model on a CUDA device.
+    demo, _ = tiny_demo(monkeypatch)
+    accuracies = demo.main(["--model", "tiny_cnn", "--methods", "adamw,gan,gan-fused", "--epochs", "1",
+                            "--batch-size", "48", "--device", "cuda", "--out", str(tmp_path)] + options)
+    assert all(0.0 <= a <= 1.0 for a in accuracies.values())
+    assert json.loads((tmp_path / "metrics.json").read_text())["dynamics"]["gan"]["step"] == [1, 2]
