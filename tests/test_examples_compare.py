@@ -103,7 +103,7 @@ def test_the_t_quantiles_match_scipy():
     (["--methods", "adamw,lion"], "unknown method 'lion'"),
     (["--model", "resnet20"], "model 'resnet20' does not take the 1-D signals of --dataset mnist1d"),
     (["--samples", "25"], "--samples N takes a positive multiple of 10"),
-    (["--epochs", "0"], "--epochs and --batch-size must be at least 1"),
+    (["--epochs", "0"], "--epochs must be at least 1, got 0"),
     (["--threads", "0"], "--threads must be at least 1"),
     (["--device", "foo"], "unknown device 'foo'"),
 ])
