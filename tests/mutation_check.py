@@ -664,6 +664,20 @@ MUTANTS = [
         "graft tests\nexclude tests/conftest.py\n",
         ("tests/test_packaging.py",),
     ),
+    Mutant(
+        "train.py's checkpoints: the checksum is not checked",
+        "examples/checkpoints.py",
+        '    if hashlib.sha256(body).hexdigest() != record.get("sha256"):',
+        "    if False:",
+        ("tests/test_train_at_scale.py", "-k", "corrupt"),
+    ),
+    Mutant(
+        "train.py --resume: the random states are not restored",
+        "examples/train.py",
+        '        checkpoints.set_rng_state(state["rng"], {"data": self.shuffle})',
+        "        pass",
+        ("tests/test_train_at_scale.py", "-k", "killed"),
+    ),
 ]
 
 

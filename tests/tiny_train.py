@@ -2,10 +2,13 @@
 the tests that kill it, resume it or start it under torchrun. It also offers ``tiny_cnn``, a model
 without BatchNorm, whose multi-process run equals the single-process one (BatchNorm's batch
 statistics are per process on the CPU). With TINY_TRAIN_ROWS set to a folder, every process writes
-there the recorder rows of each method it trained, as rows_<method>_<rank>.json."""
+there the recorder rows of each method it trained, as rows_<method>_<rank>.json. With
+TINY_TRAIN_KILL_AT=N, the process kills itself with SIGKILL as it begins its N-th training step,
+counted over the whole process (the warm-up's steps included)."""
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -36,6 +39,17 @@ def main(argv):
             return curves, recorder
 
         train.train_method = recording
+    kill_at = int(os.environ.get("TINY_TRAIN_KILL_AT", "0"))
+    if kill_at:
+        train_step, calls = train.MethodRun.train_step, [0]
+
+        def killed_at(self, *args, **kwargs):
+            calls[0] += 1
+            if calls[0] == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return train_step(self, *args, **kwargs)
+
+        train.MethodRun.train_step = killed_at
     train.main(argv)
 
 
