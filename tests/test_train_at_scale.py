@@ -83,10 +83,9 @@ def reference(tmp_path_factory):
     return out
 
 
-def test_a_run_killed_at_a_random_step_resumes_to_the_same_weights_metrics_and_curves(reference, tmp_path):
-    # Steps 1-4 are the warm-up's; 5-12 the training steps of AdamW and then GAN.
-    step = random.Random(os.getpid()).randint(5, 12)
-    out = tmp_path / "killed"
+def assert_killed_at_and_resumed(reference, out, step):
+    """Run with a checkpoint every step, SIGKILLed as it begins its ``step``-th training step (the
+    warm-up's steps counted), then resume: the results equal the uninterrupted run's."""
     process = subprocess.run([sys.executable, str(RUNNER), *RUN, "--checkpoint-every", "1", "--out", str(out)],
                              env=environment(TINY_TRAIN_KILL_AT=str(step)), capture_output=True, timeout=TIMEOUT)
     assert process.returncode == -signal.SIGKILL, f"the run was not killed at step {step}"
@@ -96,18 +95,17 @@ def test_a_run_killed_at_a_random_step_resumes_to_the_same_weights_metrics_and_c
     assert_same_results(out, reference)
 
 
+def test_a_run_killed_at_a_random_step_resumes_to_the_same_weights_metrics_and_curves(reference, tmp_path):
+    # Steps 1-4 are the warm-up's; 5-12 the training steps of AdamW and then GAN.
+    assert_killed_at_and_resumed(reference, tmp_path / "killed", random.Random(os.getpid()).randint(5, 12))
+
+
 # The warm-up takes 2 steps per method, then each method 2 epochs of 2 steps: step 7 begins AdamW's
 # second epoch and step 11 GAN's, right after an epoch's checkpoint, so the resumed run draws that
 # epoch's order from the restored generator.
 @pytest.mark.parametrize("step", [6, 7, 11])
 def test_a_run_killed_at_a_given_step_resumes_to_the_same_results(reference, tmp_path, step):
-    out = tmp_path / "killed"
-    process = subprocess.run([sys.executable, str(RUNNER), *RUN, "--checkpoint-every", "1", "--out", str(out)],
-                             env=environment(TINY_TRAIN_KILL_AT=str(step)), capture_output=True, timeout=TIMEOUT)
-    assert process.returncode == -signal.SIGKILL, "the run was not killed"
-    assert not (out / "metrics.json").exists()
-    train(RUN + ["--checkpoint-every", "1", "--resume", "--out", str(out)])
-    assert_same_results(out, reference)
+    assert_killed_at_and_resumed(reference, tmp_path / "killed", step)
 
 
 def test_a_corrupt_checkpoint_is_detected_and_the_previous_one_used(reference, tmp_path):
